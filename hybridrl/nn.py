@@ -1,0 +1,345 @@
+"""Networks and policies: MLPs, observation normalisation, categorical and Gaussian policies, value/Q nets.
+
+A policy checkpoint is a folder with ``model.safetensors`` (weights and observation-normalisation
+statistics) and ``policy.json`` (class name from :data:`POLICY_CLASSES`, constructor arguments,
+env id, hybridrl version). Loading never unpickles.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+from torch.distributions import Categorical, Distribution, Independent, Normal
+
+from hybridrl.errors import PolicyError, ShapeError
+
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
+
+
+def mlp(
+    in_dim: int,
+    out_dim: int,
+    hidden: Sequence[int] = (64, 64),
+    activation: str = "tanh",
+    out_gain: float = 1.0,
+    hidden_gain: float = math.sqrt(2),
+) -> nn.Sequential:
+    """A fully connected network with orthogonal weights and zero biases.
+
+    Hidden layers use gain ``hidden_gain`` (sqrt 2), the output layer ``out_gain``
+    (PPO implementation detail: 0.01 for the policy head, 1.0 for the value head).
+    """
+    layers: list[nn.Module] = []
+    dims = [in_dim, *hidden]
+    for a, b in zip(dims[:-1], dims[1:]):
+        lin = nn.Linear(a, b)
+        nn.init.orthogonal_(lin.weight, hidden_gain)
+        nn.init.zeros_(lin.bias)
+        layers += [lin, ACTIVATIONS[activation]()]
+    out = nn.Linear(dims[-1], out_dim)
+    nn.init.orthogonal_(out.weight, out_gain)
+    nn.init.zeros_(out.bias)
+    layers.append(out)
+    return nn.Sequential(*layers)
+
+
+class ObsNormalizer(nn.Module):
+    """Running mean/variance observation normaliser, ``(x - mean) / sqrt(var + eps)`` clipped to ``±clip``.
+
+    Statistics are buffers, so they are saved with the policy. ``update`` uses the parallel
+    (Chan et al.) mean/variance merge, the same rule as SB3's ``RunningMeanStd``.
+    """
+
+    def __init__(self, obs_dim: int, clip: float = 10.0, eps: float = 1e-8, enabled: bool = True):
+        super().__init__()
+        self.clip, self.eps, self.enabled = clip, eps, enabled
+        self.register_buffer("mean", torch.zeros(obs_dim, dtype=torch.float64))
+        self.register_buffer("var", torch.ones(obs_dim, dtype=torch.float64))
+        self.register_buffer("count", torch.tensor(1e-4, dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor | np.ndarray) -> None:
+        """Merge a batch ``x [N, obs_dim]`` into the running statistics."""
+        x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x, dtype=torch.float64)
+        x = x.reshape(-1, self.mean.shape[0])
+        n = x.shape[0]
+        if n == 0:
+            return
+        b_mean, b_var = x.mean(0), x.var(0, unbiased=False)
+        delta = b_mean - self.mean
+        tot = self.count + n
+        new_mean = self.mean + delta * n / tot
+        m2 = self.var * self.count + b_var * n + delta.pow(2) * self.count * n / tot
+        self.mean.copy_(new_mean)
+        self.var.copy_(m2 / tot)
+        self.count.copy_(tot)
+
+    @torch.no_grad()
+    def set_stats(self, mean: np.ndarray, var: np.ndarray, count: float) -> None:
+        self.mean.copy_(torch.as_tensor(mean, dtype=torch.float64))
+        self.var.copy_(torch.as_tensor(var, dtype=torch.float64))
+        self.count.fill_(float(count))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return x
+        mean, std = self.mean.to(x.dtype), (self.var + self.eps).sqrt().to(x.dtype)
+        return ((x - mean) / std).clamp(-self.clip, self.clip)
+
+
+class Policy(nn.Module):
+    """Base of all policies: ``distribution(obs)`` plus helpers built on it.
+
+    Subclasses set ``self.obs_norm`` and implement ``distribution`` and ``mode``. ``kwargs`` holds the
+    constructor arguments (JSON-able) so :func:`save_policy` / :func:`load_policy` can rebuild it.
+    """
+
+    obs_norm: ObsNormalizer
+    kwargs: dict[str, Any]
+    discrete: bool
+
+    def distribution(self, obs: torch.Tensor) -> Distribution:
+        """Action distribution for raw observations ``obs [B, obs_dim]``; ``log_prob``/``entropy`` return ``[B]``."""
+        raise NotImplementedError  # abstract
+
+    def mode(self, obs: torch.Tensor) -> torch.Tensor:
+        """Deterministic action (argmax or mean) for raw observations ``obs [B, obs_dim]``."""
+        raise NotImplementedError  # abstract
+
+    def log_prob(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """Natural-log density/probability of ``action`` under the policy at ``obs``: ``[B]``."""
+        return self.distribution(obs).log_prob(action)
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, deterministic: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Sample (or take the mode of) actions for a batch of raw observations.
+
+        Args:
+            obs: ``[B, obs_dim]`` (or ``[obs_dim]``) NumPy observations.
+            deterministic: take the mode instead of sampling.
+        Returns:
+            ``(action, log_prob)``: actions ``[B, *act_shape]`` (unclipped; clip at the env boundary)
+            and their log-probabilities ``[B]`` under the stochastic policy.
+        """
+        single = np.ndim(obs) == 1
+        o = torch.as_tensor(np.asarray(obs, dtype=np.float32))
+        if single:
+            o = o[None]
+        dist = self.distribution(o)
+        a = self.mode(o) if deterministic else dist.sample()
+        logp = dist.log_prob(a)
+        a_np, lp_np = a.numpy(), logp.numpy()
+        return (a_np[0], lp_np[0]) if single else (a_np, lp_np)
+
+
+class CategoricalPolicy(Policy):
+    """Softmax policy over ``n_actions`` discrete actions, ``pi(a|s) = softmax(f(norm(s)))_a``."""
+
+    discrete = True
+
+    def __init__(self, obs_dim: int, n_actions: int, hidden: Sequence[int] = (64, 64), activation: str = "tanh",
+                 normalize_obs: bool = True):
+        super().__init__()
+        self.kwargs = dict(obs_dim=obs_dim, n_actions=n_actions, hidden=list(hidden), activation=activation,
+                           normalize_obs=normalize_obs)
+        self.obs_norm = ObsNormalizer(obs_dim, enabled=normalize_obs)
+        self.logits = mlp(obs_dim, n_actions, hidden, activation, out_gain=0.01)
+
+    def distribution(self, obs: torch.Tensor) -> Distribution:
+        return Categorical(logits=self.logits(self.obs_norm(obs)))
+
+    def mode(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.logits(self.obs_norm(obs)).argmax(-1)
+
+    def probs(self, obs: torch.Tensor) -> torch.Tensor:
+        """Action probabilities ``[B, n_actions]``."""
+        return torch.softmax(self.logits(self.obs_norm(obs)), -1)
+
+
+class GaussianPolicy(Policy):
+    """Diagonal Gaussian policy ``N(mu(s), diag(exp(log_std)^2))`` with state-independent ``log_std``.
+
+    ``tanh_mean=True`` bounds the mean with ``tanh`` scaled to the action box (the IQL actor); the
+    sample itself is not squashed, so actions are clipped at the env boundary (PPO detail) and
+    ``log_prob`` is the Gaussian density of the unclipped action.
+    """
+
+    discrete = False
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (64, 64), activation: str = "tanh",
+                 normalize_obs: bool = True, tanh_mean: bool = False, log_std_init: float = 0.0,
+                 action_low: Sequence[float] | None = None, action_high: Sequence[float] | None = None,
+                 log_std_min: float = -5.0, log_std_max: float = 2.0):
+        super().__init__()
+        low = np.full(act_dim, -1.0) if action_low is None else np.asarray(action_low, dtype=np.float64)
+        high = np.full(act_dim, 1.0) if action_high is None else np.asarray(action_high, dtype=np.float64)
+        self.kwargs = dict(obs_dim=obs_dim, act_dim=act_dim, hidden=list(hidden), activation=activation,
+                           normalize_obs=normalize_obs, tanh_mean=tanh_mean, log_std_init=log_std_init,
+                           action_low=low.tolist(), action_high=high.tolist(),
+                           log_std_min=log_std_min, log_std_max=log_std_max)
+        self.obs_norm = ObsNormalizer(obs_dim, enabled=normalize_obs)
+        self.mean_net = mlp(obs_dim, act_dim, hidden, activation, out_gain=0.01)
+        self.log_std = nn.Parameter(torch.full((act_dim,), float(log_std_init)))
+        self.tanh_mean, self.log_std_min, self.log_std_max = tanh_mean, log_std_min, log_std_max
+        self.register_buffer("action_scale", torch.as_tensor((high - low) / 2, dtype=torch.float32), persistent=False)
+        self.register_buffer("action_bias", torch.as_tensor((high + low) / 2, dtype=torch.float32), persistent=False)
+
+    def mean(self, obs: torch.Tensor) -> torch.Tensor:
+        mu = self.mean_net(self.obs_norm(obs))
+        if self.tanh_mean:
+            mu = torch.tanh(mu) * self.action_scale + self.action_bias
+        return mu
+
+    def distribution(self, obs: torch.Tensor) -> Distribution:
+        mu = self.mean(obs)
+        std = self.log_std.clamp(self.log_std_min, self.log_std_max).exp().expand_as(mu)
+        return Independent(Normal(mu, std), 1)
+
+    def mode(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.mean(obs)
+
+
+POLICY_CLASSES: dict[str, type[Policy]] = {"CategoricalPolicy": CategoricalPolicy, "GaussianPolicy": GaussianPolicy}
+
+
+def make_policy(observation_space: gym.Space, action_space: gym.Space, hidden: Sequence[int] = (64, 64),
+                activation: str = "tanh", normalize_obs: bool = True, **gaussian_kwargs: Any) -> Policy:
+    """Build the default policy for a pair of Gymnasium spaces (flat Box observations).
+
+    Raises:
+        ShapeError: for observation spaces that are not 1-D ``Box`` or unsupported action spaces.
+    """
+    if not isinstance(observation_space, gym.spaces.Box) or len(observation_space.shape) != 1:
+        raise ShapeError(f"observation space must be a 1-D Box, got {observation_space}")
+    obs_dim = observation_space.shape[0]
+    if isinstance(action_space, gym.spaces.Discrete):
+        return CategoricalPolicy(obs_dim, int(action_space.n), hidden, activation, normalize_obs)
+    if isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
+        return GaussianPolicy(obs_dim, action_space.shape[0], hidden, activation, normalize_obs,
+                              action_low=action_space.low.tolist(), action_high=action_space.high.tolist(),
+                              **gaussian_kwargs)
+    raise ShapeError(f"action space must be Discrete or a 1-D Box, got {action_space}")
+
+
+def policy_matches_spaces(policy: Policy, observation_space: gym.Space, action_space: gym.Space) -> str | None:
+    """Return a reason why ``policy`` cannot act in these spaces, or ``None`` if it can."""
+    if observation_space.shape != (policy.kwargs["obs_dim"],):
+        return f"policy expects observations of shape ({policy.kwargs['obs_dim']},), env gives {observation_space.shape}"
+    if policy.discrete != isinstance(action_space, gym.spaces.Discrete):
+        return f"policy is {'discrete' if policy.discrete else 'continuous'} but the action space is {action_space}"
+    if policy.discrete and int(action_space.n) != policy.kwargs["n_actions"]:
+        return f"policy has {policy.kwargs['n_actions']} actions, env has {action_space.n}"
+    if not policy.discrete and action_space.shape != (policy.kwargs["act_dim"],):
+        return f"policy acts in shape ({policy.kwargs['act_dim']},), env expects {action_space.shape}"
+    return None
+
+
+class ValueNet(nn.Module):
+    """State-value network ``V(s)``: raw ``obs [B, obs_dim]`` -> ``[B]`` (normalised by the shared ``obs_norm``)."""
+
+    def __init__(self, obs_dim: int, hidden: Sequence[int] = (64, 64), activation: str = "tanh",
+                 obs_norm: ObsNormalizer | None = None):
+        super().__init__()
+        self.net = mlp(obs_dim, 1, hidden, activation, out_gain=1.0)
+        self._obs_norm = [obs_norm]  # shared with the policy, not a submodule (not saved twice)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        norm = self._obs_norm[0]
+        return self.net(norm(obs) if norm is not None else obs).squeeze(-1)
+
+
+class QNet(nn.Module):
+    """Action-value network. Continuous: ``Q(s, a) -> [B]``. Discrete: ``Q(s, ·) -> [B, n_actions]``
+    (``forward(obs, action)`` with an int64 ``action [B]`` gathers ``[B]``)."""
+
+    def __init__(self, obs_dim: int, action_dim: int, discrete: bool, hidden: Sequence[int] = (256, 256),
+                 activation: str = "relu", obs_norm: ObsNormalizer | None = None):
+        super().__init__()
+        self.discrete = discrete
+        in_dim = obs_dim if discrete else obs_dim + action_dim
+        self.net = mlp(in_dim, action_dim if discrete else 1, hidden, activation, out_gain=1.0)
+        self._obs_norm = [obs_norm]
+
+    def _norm(self, obs: torch.Tensor) -> torch.Tensor:
+        norm = self._obs_norm[0]
+        return norm(obs) if norm is not None else obs
+
+    def all_actions(self, obs: torch.Tensor) -> torch.Tensor:
+        """Discrete only: ``Q(s, ·)`` as ``[B, n_actions]``."""
+        return self.net(self._norm(obs))
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        if self.discrete:
+            return self.all_actions(obs).gather(-1, action.long().reshape(-1, 1)).squeeze(-1)
+        return self.net(torch.cat([self._norm(obs), action.float()], -1)).squeeze(-1)
+
+
+def save_policy(policy: Policy, directory: str | Path, env_id: str | None = None, extra: dict | None = None) -> Path:
+    """Write ``model.safetensors`` + ``policy.json`` into ``directory`` atomically (temp dir + rename)."""
+    from safetensors.torch import save_file
+
+    from hybridrl import __version__
+    from hybridrl.runs.io import atomic_dir
+
+    directory = Path(directory)
+    meta = {"class": type(policy).__name__, "kwargs": policy.kwargs, "env_id": env_id,
+            "hybridrl_version": __version__, **(extra or {})}
+    with atomic_dir(directory) as tmp:
+        tensors = {k: v.detach().contiguous().clone() for k, v in policy.state_dict().items()}
+        save_file(tensors, str(tmp / "model.safetensors"))
+        (tmp / "policy.json").write_text(json.dumps(meta, indent=2))
+    return directory
+
+
+def read_policy_meta(directory: str | Path) -> dict:
+    """Read ``policy.json``; raises :class:`PolicyError` naming the missing or bad file."""
+    directory = Path(directory)
+    meta_path = directory / "policy.json"
+    if not directory.is_dir():
+        raise PolicyError(f"policy directory {directory} does not exist")
+    if not meta_path.is_file():
+        raise PolicyError(f"{meta_path} is missing; a policy directory holds policy.json and model.safetensors")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as e:
+        raise PolicyError(f"{meta_path} is not valid JSON: {e}") from None
+    if meta.get("class") not in POLICY_CLASSES:
+        raise PolicyError(f"{meta_path}: field 'class' is {meta.get('class')!r}; expected one of {sorted(POLICY_CLASSES)}")
+    return meta
+
+
+def load_policy(directory: str | Path, env_id: str | None = None) -> Policy:
+    """Rebuild a policy saved by :func:`save_policy` (no unpickling).
+
+    Args:
+        directory: the policy folder.
+        env_id: if given, the policy must have been trained on this env.
+    Raises:
+        PolicyError: missing/corrupt files, or a policy from another env.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    meta = read_policy_meta(directory)
+    if env_id is not None and meta.get("env_id") not in (None, env_id):
+        raise PolicyError(f"{directory / 'policy.json'}: policy was trained on env {meta['env_id']!r}, not {env_id!r}")
+    weights = directory / "model.safetensors"
+    if not weights.is_file():
+        raise PolicyError(f"{weights} is missing; a policy directory holds policy.json and model.safetensors")
+    try:
+        policy = POLICY_CLASSES[meta["class"]](**meta["kwargs"])
+        state = load_file(str(weights))
+        policy.load_state_dict(state)
+    except (SafetensorError, RuntimeError, TypeError, OSError) as e:
+        raise PolicyError(f"{weights} could not be loaded into a {meta['class']}: {e}") from None
+    policy.env_id = meta.get("env_id")
+    policy.eval()
+    return policy
