@@ -153,7 +153,7 @@ class CategoricalPolicy(Policy):
         self.logits = mlp(obs_dim, n_actions, hidden, activation, out_gain=0.01)
 
     def distribution(self, obs: torch.Tensor) -> Distribution:
-        return Categorical(logits=self.logits(self.obs_norm(obs)))
+        return Categorical(logits=self.logits(self.obs_norm(obs)), validate_args=False)
 
     def mode(self, obs: torch.Tensor) -> torch.Tensor:
         return self.logits(self.obs_norm(obs)).argmax(-1)
@@ -200,7 +200,7 @@ class GaussianPolicy(Policy):
     def distribution(self, obs: torch.Tensor) -> Distribution:
         mu = self.mean(obs)
         std = self.log_std.clamp(self.log_std_min, self.log_std_max).exp().expand_as(mu)
-        return Independent(Normal(mu, std), 1)
+        return Independent(Normal(mu, std, validate_args=False), 1, validate_args=False)
 
     def mode(self, obs: torch.Tensor) -> torch.Tensor:
         return self.mean(obs)

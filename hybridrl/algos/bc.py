@@ -1,0 +1,74 @@
+"""Behaviour cloning: maximum-likelihood fit of pi(a|s) to dataset actions.
+
+    L(theta) = -E_{(s,a)~D}[ log pi_theta(a|s) ]
+
+Used as an offline baseline and to estimate an unknown behaviour policy for importance sampling
+(Pomerleau 1991; as the BC baseline in Fujimoto & Gu 2021, with a stochastic policy so that
+log-probabilities exist).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gymnasium as gym
+import torch
+
+from hybridrl.data.batches import Transitions
+from hybridrl.losses import bc_loss
+from hybridrl.nn import Policy, make_policy
+
+
+@dataclass(frozen=True)
+class BCConfig:
+    """Behaviour-cloning hyperparameters.
+
+    Attributes:
+        lr: Adam learning rate (> 0).
+        batch_size: transitions per gradient step (used by the loop).
+        hidden: hidden layer widths of the policy MLP.
+        activation: "relu" or "tanh".
+        weight_decay: Adam L2 penalty (>= 0).
+        max_grad_norm: global gradient-norm clip; None disables.
+        log_std_init: initial state-independent log standard deviation (continuous actions).
+    """
+
+    lr: float = 1e-3
+    batch_size: int = 256
+    hidden: tuple[int, ...] = (256, 256)
+    activation: str = "relu"
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = None
+    log_std_init: float = -0.5
+
+
+class BCLearner:
+    """Behaviour cloning learner; ``update(Transitions) -> {"bc_loss", "logp_mean"}``."""
+
+    def __init__(self, config: BCConfig, observation_space: gym.Space, action_space: gym.Space, seed: int = 0,
+                 policy: Policy | None = None):
+        torch.manual_seed(seed)
+        self.config = config
+        self.policy = policy or make_policy(
+            observation_space, action_space, config.hidden, config.activation,
+            **({} if isinstance(action_space, gym.spaces.Discrete) else {"tanh_mean": True, "log_std_init": config.log_std_init}),
+        )
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+    def update(self, batch: Transitions) -> dict[str, float]:
+        logp = self.policy.log_prob(batch.obs, batch.action)
+        loss, metrics = bc_loss(logp)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.config.max_grad_norm)
+        self.optimizer.step()
+        metrics["logp_mean"] = float(logp.detach().mean())
+        return metrics
+
+    def state_dict(self) -> dict:
+        return {"policy": self.policy.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.optimizer.load_state_dict(state["optimizer"])

@@ -1,0 +1,189 @@
+"""Proximal Policy Optimization with GAE (Schulman et al. 2017, arXiv:1707.06347).
+
+Per rollout of ``B`` envs x ``T`` steps (a :class:`Segments` batch):
+
+    A_t   = GAE(gamma, lambda) with V(true next obs) at truncations, 0 at terminations   (GAE paper eq. 16)
+    R_t   = A_t + V_old(s_t)
+    L     = E[max(-A r, -A clip(r, 1-eps, 1+eps))]                                        (PPO eq. 7)
+          + c_v 0.5 E[max((V-R)^2, (V_old + clip(V - V_old, +-eps) - R)^2)] - c_ent E[H]
+          + c_bc E_offline[-log pi(a|s)]                                                  (optional, fine-tuning)
+
+Implementation details follow CleanRL's ``ppo_continuous_action.py`` ("The 37 implementation details
+of PPO", Huang et al. 2022): orthogonal init, separate actor/critic, Adam eps 1e-5, linear LR
+annealing, per-minibatch advantage normalisation, value clipping, global gradient clipping,
+approx-KL (k3) and clip-fraction metrics, optional early stop on ``target_kl`` per epoch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from hybridrl.data.batches import Segments, Transitions
+from hybridrl.losses import bc_loss, ppo_clip_loss, value_loss
+from hybridrl.nn import Policy, ValueNet, make_policy
+from hybridrl.ops import explained_variance, gae, normalize
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """PPO hyperparameters; defaults are CleanRL's MuJoCo settings.
+
+    Attributes:
+        lr: Adam learning rate (> 0), linearly annealed to 0 when ``anneal_lr``.
+        anneal_lr: linear learning-rate decay over the run.
+        num_envs: parallel environments (rollout width ``B``).
+        n_steps: steps per env per rollout (``T``); a rollout holds ``num_envs * n_steps`` steps.
+        n_epochs: passes over each rollout.
+        minibatch_size: transitions per gradient step (must divide ``num_envs * n_steps``).
+        gamma: discount in [0, 1).
+        gae_lambda: GAE lambda in [0, 1].
+        clip_ratio: epsilon of the clipped surrogate (> 0).
+        clip_value: also clip the value update to ``+-clip_ratio`` around the old value.
+        ent_coef: entropy bonus coefficient (>= 0).
+        vf_coef: value-loss coefficient (>= 0).
+        max_grad_norm: global gradient-norm clip.
+        target_kl: stop the epochs of an update once approx-KL exceeds this; None disables.
+        normalize_advantage: normalise advantages per minibatch.
+        hidden: hidden widths of actor and critic.
+        activation: "tanh" or "relu".
+        log_std_init: initial log standard deviation of Gaussian policies.
+        normalize_obs: running observation normalisation (statistics saved with the policy).
+        normalize_reward: scale rewards by the running std of the discounted return (clip +-10).
+        bc_coef: weight of a behaviour-cloning term on offline batches (fine-tuning with offline data; 0 = off).
+        bc_decay: multiply ``bc_coef`` by this factor after every update (in (0, 1]).
+    """
+
+    lr: float = 3e-4
+    anneal_lr: bool = True
+    num_envs: int = 1
+    n_steps: int = 2048
+    n_epochs: int = 10
+    minibatch_size: int = 64
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_ratio: float = 0.2
+    clip_value: bool = True
+    ent_coef: float = 0.0
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    target_kl: float | None = None
+    normalize_advantage: bool = True
+    hidden: tuple[int, ...] = (64, 64)
+    activation: str = "tanh"
+    log_std_init: float = 0.0
+    normalize_obs: bool = True
+    normalize_reward: bool = True
+    bc_coef: float = 0.0
+    bc_decay: float = 1.0
+
+    def __post_init__(self) -> None:
+        from hybridrl.errors import ConfigError
+
+        rollout = self.num_envs * self.n_steps
+        if self.minibatch_size <= 0 or rollout % self.minibatch_size:
+            raise ConfigError(
+                f"PPO minibatch_size={self.minibatch_size} must divide num_envs * n_steps = {rollout}"
+            )
+        if not 0.0 <= self.gamma < 1.0 or not 0.0 <= self.gae_lambda <= 1.0:
+            raise ConfigError(f"PPO needs 0 <= gamma < 1 and 0 <= gae_lambda <= 1, got {self.gamma}, {self.gae_lambda}")
+
+    @property
+    def rollout_size(self) -> int:
+        return self.num_envs * self.n_steps
+
+
+class PPOLearner:
+    """PPO learner: ``update(Segments, offline=None) -> metrics``; ``set_progress(f)`` anneals the LR."""
+
+    def __init__(self, config: PPOConfig, observation_space: gym.Space, action_space: gym.Space, seed: int = 0,
+                 policy: Policy | None = None):
+        torch.manual_seed(seed)
+        self.config = config
+        self.policy = policy or make_policy(
+            observation_space, action_space, config.hidden, config.activation, config.normalize_obs,
+            **({} if isinstance(action_space, gym.spaces.Discrete) else {"log_std_init": config.log_std_init}),
+        )
+        self.critic = ValueNet(observation_space.shape[0], config.hidden, config.activation, obs_norm=self.policy.obs_norm)
+        self.optimizer = torch.optim.Adam([*self.policy.parameters(), *self.critic.parameters()], lr=config.lr, eps=1e-5)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.bc_coef = config.bc_coef
+
+    def set_progress(self, fraction: float) -> None:
+        """Set the learning rate for training progress ``fraction`` in [0, 1] (linear annealing)."""
+        if self.config.anneal_lr:
+            for g in self.optimizer.param_groups:
+                g["lr"] = self.config.lr * max(0.0, 1.0 - fraction)
+
+    def update(self, batch: Segments, offline: Transitions | None = None) -> dict[str, float]:
+        cfg = self.config
+        with torch.no_grad():
+            b, t = batch.reward.shape
+            values = self.critic(batch.obs.reshape(b * t, -1)).reshape(b, t)
+            next_values = self.critic(batch.next_obs.reshape(b * t, -1)).reshape(b, t)
+            advantages, returns = gae(batch.reward, values, next_values, batch.terminated, batch.truncated,
+                                      cfg.gamma, cfg.gae_lambda)
+        flat = batch.flatten()
+        m = batch.mask.reshape(-1)
+        adv, ret, old_v = advantages.reshape(-1)[m], returns.reshape(-1)[m], values.reshape(-1)[m]
+        n = len(flat)
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        sums: dict[str, float] = {}
+        count, stopped_epoch = 0, cfg.n_epochs
+        for epoch in range(cfg.n_epochs):
+            perm = torch.randperm(n, generator=self.generator)
+            epoch_kl = []
+            for start in range(0, n, cfg.minibatch_size):
+                idx = perm[start : start + cfg.minibatch_size]
+                obs = flat.obs[idx]
+                dist = self.policy.distribution(obs)
+                logp = dist.log_prob(flat.action[idx])
+                mb_adv = normalize(adv[idx]) if cfg.normalize_advantage else adv[idx]
+                pg_loss, metrics = ppo_clip_loss(logp, flat.behavior_log_prob[idx], mb_adv, cfg.clip_ratio)
+                v_loss, vm = value_loss(self.critic(obs), ret[idx], old_v[idx], cfg.clip_ratio if cfg.clip_value else None)
+                entropy = dist.entropy().mean()
+                loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy
+                metrics.update(vm, entropy=float(entropy.detach()))
+                if offline is not None and self.bc_coef > 0:
+                    off_idx = torch.randint(len(offline), (cfg.minibatch_size,), generator=self.generator)
+                    b_loss, bm = bc_loss(self.policy.log_prob(offline.obs[off_idx], offline.action[off_idx]))
+                    loss = loss + self.bc_coef * b_loss
+                    metrics.update(bm)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                self.optimizer.step()
+                metrics["grad_norm"] = float(grad_norm)
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                count += 1
+                epoch_kl.append(metrics["approx_kl"])
+            if cfg.target_kl is not None and float(np.mean(epoch_kl)) > cfg.target_kl:
+                stopped_epoch = epoch + 1
+                break
+        self.bc_coef *= cfg.bc_decay
+        out = {k: v / count for k, v in sums.items()}
+        out.update(
+            explained_variance=float(explained_variance(old_v, ret)),
+            lr=self.optimizer.param_groups[0]["lr"],
+            epochs=float(stopped_epoch),
+            value_mean=float(old_v.mean()),
+        )
+        if not self.policy.discrete:
+            out["std_mean"] = float(self.policy.log_std.exp().mean())
+        return out
+
+    def state_dict(self) -> dict:
+        return {"policy": self.policy.state_dict(), "critic": self.critic.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
+                "bc_coef": float(self.bc_coef)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.critic.load_state_dict(state["critic"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.bc_coef = float(state["bc_coef"])

@@ -1,0 +1,231 @@
+"""The ``hybridrl`` command line: a thin typer layer over the Python API.
+
+Machine-readable ``--json`` output goes to stdout alone; everything for people goes to stderr.
+User errors print one readable message and exit with status 2 (``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from hybridrl.errors import ConfigError, HybridRLError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Policy-gradient RL from on-policy, off-policy and offline data.")
+_state = {"debug": False}
+
+
+def _console():
+    from hybridrl.loops.common import console
+
+    return console
+
+
+def _emit_json(obj) -> None:
+    from hybridrl.loops.common import json_ready
+
+    sys.stdout.write(json.dumps(json_ready(obj), indent=2) + "\n")
+
+
+@app.callback()
+def _main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
+    _state["debug"] = debug
+
+
+@app.command("collect")
+def collect_cmd(
+    env: str = typer.Option(..., "--env", help="Gymnasium env id, e.g. Hopper-v5."),
+    policy: str = typer.Option("random", "--policy", help="'random' or a policy directory."),
+    steps: int = typer.Option(..., "--steps", min=1, help="Environment steps (whole episodes; the last one is finished)."),
+    out: Path = typer.Option(..., "--out", help="Dataset directory to write (Minari format; name it like name-v0)."),
+    seed: int = typer.Option(0, "--seed"),
+    action_noise: Optional[float] = typer.Option(None, "--action-noise", min=0.0, help="Gaussian noise std around the policy mean."),
+    epsilon: float = typer.Option(0.0, "--epsilon", min=0.0, max=1.0, help="Probability of a uniformly random action."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing dataset."),
+    json_out: bool = typer.Option(False, "--json", help="Print the dataset summary as JSON on stdout."),
+) -> None:
+    """Collect trajectories with a behaviour policy into a Minari dataset."""
+    from hybridrl.data.collect import collect
+    from hybridrl.data.measures import dataset_summary
+    from hybridrl.nn import load_policy
+
+    pol = None if policy == "random" else load_policy(policy, env)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(f"dataset {out} already exists; pass --overwrite to replace it")
+    ds = collect(env, pol, steps, seed=seed, action_noise=action_noise, epsilon=epsilon, progress=not json_out)
+    ds.save(out, overwrite=overwrite)
+    summary = dataset_summary(ds)
+    if json_out:
+        _emit_json(summary)
+    else:
+        _console().print(f"wrote {summary['episodes']} episodes / {summary['steps']} steps to {out}; "
+                         f"return {summary['return_mean']:.1f} ± {summary['return_std']:.1f}")
+
+
+@app.command("inspect")
+def inspect_cmd(
+    dataset: str = typer.Argument(..., help="Dataset directory or Minari dataset id."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Return histogram PNG (default: <dataset>/returns.png for paths)."),
+) -> None:
+    """Summarise a dataset: episodes, steps, returns, normalised score, coverage; writes a return histogram."""
+    from hybridrl.data.dataset import Dataset
+    from hybridrl.data.measures import dataset_summary, plot_return_histogram
+
+    ds = Dataset.load(dataset)
+    summary = dataset_summary(ds)
+    png = plot or (Path(ds.path) / "returns.png" if ds.path is not None else Path("returns.png"))
+    plot_return_histogram(ds, png)
+    summary["histogram"] = str(png)
+    if json_out:
+        _emit_json(summary)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"dataset {dataset}")
+    table.add_column("field")
+    table.add_column("value", justify="right")
+    for k, v in summary.items():
+        table.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
+    _console().print(table)
+
+
+@app.command("train")
+def train_cmd(
+    algo: str = typer.Argument(..., help="Algorithm: ppo (online), bc, iql (offline)."),
+    env: Optional[str] = typer.Option(None, "--env", help="Gymnasium env id (online algorithms, or evaluation env)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset directory or Minari id (offline algorithms)."),
+    steps: int = typer.Option(..., "--steps", min=1, help="Environment steps (online) or gradient steps (offline)."),
+    out: Path = typer.Option(..., "--out", help="Run directory."),
+    seed: int = typer.Option(0, "--seed"),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML file of config fields."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config field: key=value (repeatable)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run from its last checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run."),
+    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", min=1, help="Steps between checkpoints."),
+    eval_episodes: int = typer.Option(10, "--eval-episodes", min=0),
+) -> None:
+    """Train an algorithm into a run directory (config, metrics, checkpoints, policy, eval, report)."""
+    from hybridrl.loops.train import train
+
+    train(algo, out, steps, env_id=env, dataset=dataset, seed=seed, config_file=config, overrides=set_,
+          resume=resume, overwrite=overwrite, checkpoint_every=checkpoint_every, eval_episodes=eval_episodes)
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    policy: Path = typer.Argument(..., help="Policy directory (policy.json + model.safetensors)."),
+    env: str = typer.Option(..., "--env"),
+    episodes: int = typer.Option(10, "--episodes", min=1),
+    seed: int = typer.Option(0, "--seed"),
+    stochastic: bool = typer.Option(False, "--stochastic", help="Sample actions instead of the mode."),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Evaluate a saved policy online."""
+    from hybridrl.loops.evaluate import evaluate_policy
+    from hybridrl.nn import load_policy
+
+    result = evaluate_policy(load_policy(policy, env), env, episodes, seed=seed, deterministic=not stochastic)
+    if json_out:
+        _emit_json(result)
+    else:
+        _console().print(f"{env}: return {result['mean']:.1f} ± {result['std']:.1f} over {episodes} episodes"
+                         + (f", normalised score {result['normalized_score']:.1f}" if result["normalized_score"] is not None else ""))
+
+
+@app.command("ope")
+def ope_cmd(
+    dataset: str = typer.Option(..., "--dataset"),
+    policy: list[Path] = typer.Option(..., "--policy", help="Candidate policy directory (repeatable)."),
+    estimators: str = typer.Option("fqe,pdis,snpdis,dr", "--estimators", help="Comma-separated estimator names."),
+    gamma: float = typer.Option(0.99, "--gamma", min=0.0, max=1.0),
+    fqe_steps: int = typer.Option(5000, "--fqe-steps", min=1),
+    k: int = typer.Option(1, "--k", min=1, help="Top-k to select."),
+    seed: int = typer.Option(0, "--seed"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Estimate candidate policies' values from logged data (FQE, PDIS, SNPDIS, DR) and select the top-k."""
+    from hybridrl.data.dataset import Dataset
+    from hybridrl.nn import load_policy
+    from hybridrl.ope import evaluate_ope, select
+
+    ds = Dataset.load(dataset)
+    names = [p.name if p.name != "policy" else p.parent.name for p in policy]
+    if len(set(names)) != len(names):
+        names = [str(p) for p in policy]
+    policies = {n: load_policy(p, ds.env_id) for n, p in zip(names, policy)}
+    ests = tuple(e.strip() for e in estimators.split(",") if e.strip())
+    results = evaluate_ope(ds, policies, estimators=ests, gamma=gamma, fqe_steps=fqe_steps, seed=seed, progress=not json_out)
+    selection = select({n: results[n][ests[0]] for n in names}, k=min(k, len(names)))
+    out = {"estimates": {n: {e: r.to_dict() for e, r in results[n].items()} for n in names},
+           "selection": selection.to_dict(), "selected_by": ests[0]}
+    if json_out:
+        _emit_json(out)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"OPE on {dataset} (gamma {gamma})")
+    table.add_column("policy")
+    for e in ests:
+        table.add_column(e, justify="right")
+    for n in names:
+        table.add_row(n, *[f"{results[n][e].estimate:.3g} [{results[n][e].ci_low:.3g}, {results[n][e].ci_high:.3g}]" for e in ests])
+    _console().print(table)
+    _console().print(f"top-{len(selection.top_k)} by {ests[0]}: {', '.join(selection.top_k)}")
+
+
+@app.command("pipeline")
+def pipeline_cmd(
+    config: Path = typer.Argument(..., help="Pipeline YAML (see hybridrl/configs/demo.yaml)."),
+    out: Path = typer.Option(..., "--out"),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+) -> None:
+    """Run collect -> offline candidates -> OPE/selection -> online fine-tuning -> report from a config."""
+    from hybridrl.pipeline import run_pipeline
+
+    run_pipeline(config, out, overwrite=overwrite)
+
+
+@app.command("demo")
+def demo_cmd(
+    out: Path = typer.Option(Path("runs/demo"), "--out"),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+) -> None:
+    """The whole pipeline on Hopper-v5 from the config shipped in the package (about 10 minutes on 2 cores)."""
+    from hybridrl.pipeline import run_demo
+
+    run_demo(out, overwrite=overwrite)
+
+
+def main() -> None:
+    """Entry point: run the app, turning HybridRLError into a message and exit status 2."""
+    try:
+        app(standalone_mode=False)
+    except HybridRLError as e:
+        if _state["debug"]:
+            raise
+        _console().print(f"[bold red]error:[/] {type(e).__name__}: {e}")
+        sys.exit(2)
+    except KeyboardInterrupt:
+        _console().print("[yellow]interrupted[/]; the last checkpoint is kept")
+        sys.exit(130)
+    except Exception as e:  # click usage errors
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(1)
+        if isinstance(e, click.exceptions.Exit):
+            sys.exit(e.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""Pieces every loop shares: run set-up, checkpoint/resume, divergence checks, progress bars, final outputs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from hybridrl.errors import DivergenceError
+from hybridrl.runs import (
+    MetricsLogger,
+    RunDir,
+    latest_checkpoint,
+    load_checkpoint,
+    load_config,
+    save_checkpoint,
+    save_config,
+)
+
+console = Console(stderr=True)
+
+
+def progress_bar(enabled: bool = True) -> Progress:
+    """A rich progress bar on stderr (disabled = invisible, still usable)."""
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not enabled, transient=False,
+    )
+
+
+def open_run(run: RunDir | None, record: dict, resume: bool) -> tuple[RunDir | None, MetricsLogger | None]:
+    """Write ``config.yaml`` (fresh runs) and open the metrics logger."""
+    if run is None:
+        return None, None
+    if not resume or not run.config_path.exists():
+        save_config(run.config_path, record)
+    return run, MetricsLogger(run)
+
+
+def run_record(**kwargs: Any) -> dict:
+    """A JSON/YAML-able record of a run's inputs (dataclass configs become dicts)."""
+    out = {}
+    for k, v in kwargs.items():
+        if dataclasses.is_dataclass(v):
+            v = {f.name: (list(x) if isinstance(x := getattr(v, f.name), tuple) else x) for f in dataclasses.fields(v)}
+        elif isinstance(v, Path):
+            v = str(v)
+        out[k] = v
+    return out
+
+
+def saved_record(run: RunDir) -> dict:
+    """The record a run was started with (for ``--resume``)."""
+    return load_config(run.config_path)
+
+
+def checkpoint(run: RunDir | None, step: int, learner: Any, extra: dict | None = None) -> Path | None:
+    """Save learner state, RNG states and loop state as ``checkpoints/step_<step>/``."""
+    if run is None:
+        return None
+    state = {"learner": learner.state_dict(), "torch_rng": torch.get_rng_state(), "loop": extra or {}}
+    return save_checkpoint(run, step, state)
+
+
+def restore(run: RunDir, learner: Any) -> tuple[int, dict]:
+    """Load the latest checkpoint into ``learner``; returns ``(step, loop_state)``."""
+    path = latest_checkpoint(run)
+    if path is None:
+        return 0, {}
+    step, state = load_checkpoint(path)
+    learner.load_state_dict(state["learner"])
+    torch.set_rng_state(state["torch_rng"])
+    console.print(f"[green]resumed[/] from {path} (step {step})")
+    return step, state.get("loop", {})
+
+
+def check_finite(metrics: dict[str, float], modules: list[torch.nn.Module], step: int, run: RunDir | None) -> None:
+    """Raise :class:`DivergenceError` if a metric or parameter is NaN/inf, naming the last good checkpoint."""
+    bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+    if not bad:
+        for m in modules:
+            for name, p in m.named_parameters():
+                if not torch.isfinite(p).all():
+                    bad.append(f"parameter {name}")
+                    break
+    if bad:
+        last = latest_checkpoint(run) if run is not None else None
+        where = f"the last good checkpoint is {last}" if last else "no checkpoint was written before it"
+        raise DivergenceError(
+            f"training diverged at step {step}: non-finite {', '.join(bad[:5])}; stopped without saving; {where}"
+        )
+
+
+def json_ready(obj: Any) -> Any:
+    """Convert NumPy scalars/arrays inside ``obj`` to plain Python for ``json.dumps``."""
+    return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))

@@ -1,0 +1,131 @@
+"""On-policy training (PPO): collect a rollout from vector envs, update, log, checkpoint, repeat."""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+import torch
+
+from hybridrl.algos.ppo import PPOConfig, PPOLearner
+from hybridrl.data.batches import Segments, Transitions
+from hybridrl.envs import RewardScaler, make_vec_env, true_next_obs
+from hybridrl.errors import PolicyError
+from hybridrl.loops.common import check_finite, checkpoint, console, open_run, progress_bar, restore, run_record
+from hybridrl.loops.evaluate import evaluate_policy
+from hybridrl.nn import Policy, policy_matches_spaces
+from hybridrl.runs import RunDir
+
+
+def train_on_policy(
+    env_id: str,
+    config: PPOConfig,
+    total_steps: int,
+    run: RunDir | None = None,
+    seed: int = 0,
+    policy: Policy | None = None,
+    offline: Transitions | None = None,
+    freeze_obs_norm: bool = False,
+    resume: bool = False,
+    checkpoint_every: int | None = None,
+    eval_every: int | None = None,
+    eval_episodes: int = 5,
+    progress: bool = True,
+    record: dict | None = None,
+) -> PPOLearner:
+    """Train PPO on ``env_id`` for ``total_steps`` environment steps.
+
+    Args:
+        env_id: Gymnasium id.
+        config: PPO hyperparameters (rollout = ``num_envs * n_steps`` steps).
+        total_steps: environment steps in total (rounded up to whole rollouts).
+        run: run directory for config, metrics, checkpoints (None: nothing is written).
+        policy: start from this policy (fine-tuning); a fresh one otherwise.
+        offline: offline transitions for the optional BC term (``config.bc_coef``).
+        freeze_obs_norm: keep the policy's observation statistics fixed (e.g. from a dataset).
+        resume: continue from the run's latest checkpoint.
+        checkpoint_every: environment steps between checkpoints (None: only at the end).
+        eval_every: environment steps between online evaluations (None: none).
+    Returns:
+        the trained learner. Raises DivergenceError on NaN/inf, PolicyError on a mismatched policy.
+
+    Observation statistics are updated *after* each update with the rollout just used, so the update
+    sees exactly the normalisation the rollout was collected with (ratio 1 at the first minibatch).
+    """
+    envs = make_vec_env(env_id, config.num_envs, seed=seed)
+    obs_space, act_space = envs.single_observation_space, envs.single_action_space
+    if policy is not None and (reason := policy_matches_spaces(policy, obs_space, act_space)):
+        raise PolicyError(f"initial policy cannot act in {env_id}: {reason}")
+    learner = PPOLearner(config, obs_space, act_space, seed=seed, policy=policy)
+    run, logger = open_run(run, record or run_record(algo="ppo", env_id=env_id, steps=total_steps, seed=seed, config=config), resume)
+    scaler = RewardScaler(config.gamma) if config.normalize_reward else None
+    step, loop_state = restore(run, learner) if (resume and run is not None) else (0, {})
+    if scaler is not None and "reward_scaler" in loop_state:
+        scaler.load_state_dict(loop_state["reward_scaler"])
+    if logger is not None and resume:
+        logger.truncate(step)
+    norm = learner.policy.obs_norm
+    update_norm = norm.enabled and not freeze_obs_norm
+    obs, _ = envs.reset(seed=seed + step)
+    if update_norm and step == 0:
+        norm.update(obs)
+    n, t_len = config.num_envs, config.n_steps
+    obs_shape, act_shape = obs_space.shape, act_space.shape
+    buf_obs = np.zeros((t_len, n, *obs_shape), np.float32)
+    buf_next = np.zeros_like(buf_obs)
+    buf_act = np.zeros((t_len, n, *act_shape), np.int64 if learner.policy.discrete else np.float32)
+    buf_rew, buf_logp = np.zeros((t_len, n), np.float32), np.zeros((t_len, n), np.float32)
+    buf_term, buf_trunc = np.zeros((t_len, n), bool), np.zeros((t_len, n), bool)
+    ep_ret, ep_len = np.zeros(n), np.zeros(n, int)
+    recent = deque(maxlen=20)
+    next_ckpt = step + (checkpoint_every or total_steps)
+    next_eval = step + (eval_every or total_steps + 1)
+    with progress_bar(progress) as bar:
+        task = bar.add_task(f"ppo {env_id}", total=total_steps, completed=step, info="")
+        while step < total_steps:
+            learner.set_progress(step / total_steps)
+            for t in range(t_len):
+                action, logp = learner.policy.act(obs)
+                next_obs, reward, term, trunc, infos = envs.step(action)
+                done = term | trunc
+                buf_obs[t], buf_act[t], buf_logp[t] = obs, action, logp
+                buf_next[t] = true_next_obs(next_obs, infos, done)
+                buf_term[t], buf_trunc[t] = term, trunc
+                buf_rew[t] = scaler(reward, done) if scaler is not None else reward
+                ep_ret += reward
+                ep_len += 1
+                for i in np.flatnonzero(done):
+                    recent.append((ep_ret[i], ep_len[i]))
+                    ep_ret[i], ep_len[i] = 0.0, 0
+                obs = next_obs
+            seg = Segments(
+                obs=torch.from_numpy(buf_obs.swapaxes(0, 1)), action=torch.from_numpy(buf_act.swapaxes(0, 1)),
+                reward=torch.from_numpy(buf_rew.T), next_obs=torch.from_numpy(buf_next.swapaxes(0, 1)),
+                terminated=torch.from_numpy(buf_term.T), truncated=torch.from_numpy(buf_trunc.T),
+                behavior_log_prob=torch.from_numpy(buf_logp.T),
+            )
+            metrics = learner.update(seg, offline)
+            step += n * t_len
+            check_finite(metrics, [learner.policy, learner.critic], step, run)
+            if update_norm:
+                norm.update(buf_obs.reshape(-1, *obs_shape))
+            if recent:
+                metrics["episode_return"] = float(np.mean([r for r, _ in recent]))
+                metrics["episode_length"] = float(np.mean([l for _, l in recent]))
+            if step >= next_eval:
+                ev = evaluate_policy(learner.policy, env_id, eval_episodes, seed=10_000 + step)
+                metrics["eval_return"] = ev["mean"]
+                next_eval += eval_every or total_steps + 1
+            if logger is not None:
+                logger.log(step, metrics)
+            if step >= next_ckpt or step >= total_steps:
+                checkpoint(run, step, learner, {"reward_scaler": scaler.state_dict() if scaler else None})
+                next_ckpt += checkpoint_every or total_steps
+            bar.update(task, completed=min(step, total_steps),
+                       info=f"return {metrics.get('episode_return', float('nan')):.1f}")
+    envs.close()
+    if logger is not None:
+        logger.close()
+    if run is not None:
+        console.print(f"[green]ppo[/] finished {step} steps in {run.path}")
+    return learner

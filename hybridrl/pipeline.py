@@ -1,0 +1,157 @@
+"""The whole offline-to-online pipeline from one YAML config (``hybridrl pipeline`` and ``hybridrl demo``).
+
+collect (random + a briefly trained behaviour policy) -> offline candidates -> OPE vs true returns ->
+select top-k -> fine-tune the best online -> ``report.md`` with plots. See ``configs/demo.yaml``.
+"""
+
+from __future__ import annotations
+
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hybridrl.algos.ppo import PPOConfig
+from hybridrl.data.collect import collect
+from hybridrl.data.dataset import Dataset
+from hybridrl.data.measures import dataset_summary, plot_return_histogram
+from hybridrl.errors import ConfigError
+from hybridrl.loops.common import console, json_ready
+from hybridrl.loops.evaluate import evaluate_policy
+from hybridrl.loops.finetune import finetune
+from hybridrl.loops.train import build_config, finish_run, train
+from hybridrl.nn import load_policy
+from hybridrl.ope import evaluate_ope, select
+from hybridrl.runs import RunDir, load_config, plot_estimates, save_config
+
+PIPELINE_KEYS = {"env_id", "seed", "gamma", "behavior", "collect", "candidates", "ope", "select", "finetune"}
+
+
+def demo_config_path() -> Path:
+    """Path of the YAML config that ships with the package."""
+    return Path(str(resources.files("hybridrl") / "configs" / "demo.yaml"))
+
+
+def _validate(cfg: Any, source: str) -> dict:
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{source}: expected a mapping with keys {sorted(PIPELINE_KEYS)}")
+    unknown = set(cfg) - PIPELINE_KEYS
+    missing = {"env_id", "collect", "candidates"} - set(cfg)
+    if unknown or missing:
+        raise ConfigError(f"{source}: unknown keys {sorted(unknown)}; missing keys {sorted(missing)}; "
+                          f"expected keys {sorted(PIPELINE_KEYS)}")
+    for i, c in enumerate(cfg["candidates"]):
+        if not {"name", "algo", "steps"} <= set(c):
+            raise ConfigError(f"{source}: candidates[{i}] needs name, algo and steps, got {sorted(c)}")
+    return cfg
+
+
+def run_pipeline(config: dict | str | Path, out: str | Path, overwrite: bool = False, progress: bool = True) -> RunDir:
+    """Run every stage of the pipeline into ``out`` and return the run directory.
+
+    Layout: ``config.yaml``, ``behavior/`` (run), ``datasets/<name>/`` (Minari), ``candidates/<name>/`` (runs),
+    ``ope.json``, ``selection.json``, ``finetune/`` (run), ``img/*.png``, ``report.md``, ``summary.json``.
+
+    Raises:
+        ConfigError for a malformed config; the errors of each stage otherwise.
+    """
+    source = str(config)
+    cfg = _validate(load_config(config) if not isinstance(config, dict) else config, source)
+    env_id, seed, gamma = cfg["env_id"], int(cfg.get("seed", 0)), float(cfg.get("gamma", 0.99))
+    run = RunDir.create(out, overwrite=overwrite)
+    save_config(run.config_path, cfg)
+    img = run.path / "img"
+    img.mkdir(exist_ok=True)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+
+    # 1. Behaviour policy (optional) and the mixed dataset.
+    behavior_policy = None
+    if "behavior" in cfg:
+        b = cfg["behavior"]
+        console.rule(f"[bold]1a. behaviour policy: {b.get('algo', 'ppo')} for {b['steps']} steps")
+        brun = train(b.get("algo", "ppo"), run.path / "behavior", int(b["steps"]), env_id=env_id, seed=seed,
+                     overrides=b.get("set"), eval_episodes=5, progress=progress)
+        behavior_policy = load_policy(brun.policy_dir, env_id)
+    console.rule("[bold]1b. collect the dataset")
+    parts = []
+    for i, part in enumerate(cfg["collect"]["parts"]):
+        pol = part.get("policy", "random")
+        policy = None if pol == "random" else (behavior_policy if pol == "behavior" else load_policy(pol, env_id))
+        parts.append(collect(env_id, policy, int(part["steps"]), seed=seed + 1000 * i,
+                             action_noise=part.get("action_noise"), epsilon=float(part.get("epsilon", 0.0)),
+                             progress=progress))
+    dataset = Dataset.concatenate(parts)
+    dataset.save(run.path / "datasets" / cfg["collect"].get("name", "pipeline-v0"))
+    dataset = Dataset.load(run.path / "datasets" / cfg["collect"].get("name", "pipeline-v0"))
+    summary = dataset_summary(dataset)
+    plot_return_histogram(dataset, img / "dataset_returns.png")
+    timings["data"] = time.perf_counter() - t0
+
+    # 2. Offline candidates.
+    names, policies = [], {}
+    for c in cfg["candidates"]:
+        console.rule(f"[bold]2. offline candidate {c['name']}: {c['algo']} for {c['steps']} steps")
+        crun = train(c["algo"], run.path / "candidates" / c["name"], int(c["steps"]), dataset=dataset, env_id=env_id,
+                     seed=seed, overrides=c.get("set"), eval_episodes=0, progress=progress)
+        names.append(c["name"])
+        policies[c["name"]] = load_policy(crun.policy_dir, env_id)
+    timings["offline"] = time.perf_counter() - t0 - sum(timings.values())
+
+    # 3. OPE of each candidate vs its true (online, stochastic-policy) discounted value, then selection.
+    ope_cfg = cfg.get("ope", {})
+    console.rule("[bold]3. off-policy evaluation and selection")
+    estimators = tuple(ope_cfg.get("estimators", ["fqe", "pdis", "snpdis", "dr"]))
+    results = evaluate_ope(dataset, policies, estimators=estimators, gamma=gamma,
+                           fqe_steps=int(ope_cfg.get("fqe_steps", 5000)), seed=seed, progress=progress)
+    n_eval = int(ope_cfg.get("eval_episodes", 10))
+    truth = {n: evaluate_policy(policies[n], env_id, n_eval, seed=50_000, deterministic=False, gamma=gamma) for n in names}
+    behavior_value = float(np.mean(dataset.episode_returns(gamma)))
+    sel_cfg = cfg.get("select", {})
+    by, k = sel_cfg.get("by", "fqe"), int(sel_cfg.get("k", 1))
+    selection = select({n: results[n][by] for n in names}, k=min(k, len(names)),
+                       true_values={n: truth[n]["discounted_mean"] for n in names}, behavior_value=behavior_value)
+    best = selection.top_k[0]
+    ope_table = {n: {e: json_ready(r.to_dict()) for e, r in results[n].items()} for n in names}
+    run.write_json("ope.json", {"gamma": gamma, "estimates": ope_table, "true": json_ready(truth)})
+    run.write_json("selection.json", json_ready(selection.to_dict()))
+    for est in estimators:
+        rs = [results[n][est] for n in names]
+        plot_estimates(names, [r.estimate for r in rs], [r.ci_low for r in rs], [r.ci_high for r in rs],
+                       true_values=[truth[n]["discounted_mean"] for n in names], out_png=img / f"ope_{est}.png",
+                       title=f"{est} estimate (95% CI) vs true discounted return, {env_id}")
+    timings["ope"] = time.perf_counter() - t0 - sum(timings.values())
+
+    # 4. Fine-tune the selected candidate online.
+    ft = cfg.get("finetune")
+    ft_eval = None
+    if ft:
+        console.rule(f"[bold]4. fine-tune {best} online for {ft['steps']} steps")
+        ppo_cfg = build_config("ppo", overrides=ft.get("set"))
+        frun = RunDir.create(run.path / "finetune", overwrite=True)
+        start = load_policy(run.path / "candidates" / best / "policy", env_id)
+        before = evaluate_policy(start, env_id, n_eval, seed=60_000)
+        learner = finetune(env_id, dataset, start, int(ft["steps"]), config=ppo_cfg, run=frun, seed=seed,
+                           mix_offline=bool(ft.get("mix_offline", False)), progress=progress,
+                           record={"algo": "ppo-finetune", "env_id": env_id, "start": best, "steps": int(ft["steps"]),
+                                   "seed": seed, "config": json_ready(ppo_cfg.__dict__)})
+        ft_eval = finish_run(frun, learner.policy, env_id, n_eval, seed, title=f"fine-tuning {best} on {env_id}")
+        ft_eval["before"] = before
+    timings["finetune"] = time.perf_counter() - t0 - sum(timings.values())
+
+    summary_out = {"env_id": env_id, "dataset": summary, "selected": best, "selection": json_ready(selection.to_dict()),
+                   "finetune": ft_eval, "timings_s": timings}
+    run.write_json("summary.json", json_ready(summary_out))
+    from hybridrl.pipeline_report import write_pipeline_report
+
+    write_pipeline_report(run, cfg, summary, names, estimators, results, truth, selection, ft_eval, timings)
+    run.commit()
+    console.print(f"[green]pipeline finished[/] in {sum(timings.values()):.0f} s: see {run.report_md}")
+    return run
+
+
+def run_demo(out: str | Path = "runs/demo", overwrite: bool = False, progress: bool = True) -> RunDir:
+    """``hybridrl demo``: the pipeline on the config shipped with the package."""
+    return run_pipeline(demo_config_path(), out, overwrite=overwrite, progress=progress)
