@@ -21,6 +21,7 @@ from torch.distributions import Categorical, Distribution, Independent, Normal
 from hybridrl.errors import PolicyError, ShapeError
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 def mlp(
@@ -117,6 +118,17 @@ class Policy(nn.Module):
         """Natural-log density/probability of ``action`` under the policy at ``obs``: ``[B]``."""
         return self.distribution(obs).log_prob(action)
 
+    def sample(self, obs: torch.Tensor, deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Actions ``[B, *act_shape]`` for raw ``obs [B, obs_dim]`` and their log-probabilities ``[B]``."""
+        dist = self.distribution(obs)
+        a = self.mode(obs) if deterministic else dist.sample()
+        return a, dist.log_prob(a)
+
+    def log_prob_entropy(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(log pi(action|obs) [B], entropy [B])`` in one forward pass."""
+        dist = self.distribution(obs)
+        return dist.log_prob(action), dist.entropy()
+
     @torch.no_grad()
     def act(self, obs: np.ndarray, deterministic: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Sample (or take the mode of) actions for a batch of raw observations.
@@ -132,9 +144,7 @@ class Policy(nn.Module):
         o = torch.as_tensor(np.asarray(obs, dtype=np.float32))
         if single:
             o = o[None]
-        dist = self.distribution(o)
-        a = self.mode(o) if deterministic else dist.sample()
-        logp = dist.log_prob(a)
+        a, logp = self.sample(o, deterministic)
         a_np, lp_np = a.numpy(), logp.numpy()
         return (a_np[0], lp_np[0]) if single else (a_np, lp_np)
 
@@ -199,11 +209,28 @@ class GaussianPolicy(Policy):
 
     def distribution(self, obs: torch.Tensor) -> Distribution:
         mu = self.mean(obs)
-        std = self.log_std.clamp(self.log_std_min, self.log_std_max).exp().expand_as(mu)
+        std = self._log_std().exp().expand_as(mu)
         return Independent(Normal(mu, std, validate_args=False), 1, validate_args=False)
 
     def mode(self, obs: torch.Tensor) -> torch.Tensor:
         return self.mean(obs)
+
+    def _log_std(self) -> torch.Tensor:
+        return self.log_std.clamp(self.log_std_min, self.log_std_max)
+
+    def sample(self, obs: torch.Tensor, deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        # Closed form of the diagonal Gaussian, without building Distribution objects (hot path of rollouts).
+        mu, log_std = self.mean(obs), self._log_std()
+        noise = torch.zeros_like(mu) if deterministic else torch.randn_like(mu)
+        logp = (-0.5 * noise.pow(2) - log_std - _HALF_LOG_2PI).sum(-1)
+        return mu + noise * log_std.exp(), logp
+
+    def log_prob_entropy(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, log_std = self.mean(obs), self._log_std()
+        z = (action - mu) * torch.exp(-log_std)
+        logp = (-0.5 * z.pow(2) - log_std - _HALF_LOG_2PI).sum(-1)
+        entropy = (0.5 + _HALF_LOG_2PI + log_std).sum(-1).expand(mu.shape[0])
+        return logp, entropy
 
 
 POLICY_CLASSES: dict[str, type[Policy]] = {"CategoricalPolicy": CategoricalPolicy, "GaussianPolicy": GaussianPolicy}

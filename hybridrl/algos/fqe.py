@@ -118,7 +118,8 @@ class FQELearner:
         """One regression step of Q(s, a) towards r + gamma (1 - terminated) E_pi Qbar(s', .)."""
         cfg = self.config
         with torch.no_grad():
-            target = batch.reward + cfg.gamma * (~batch.terminated).float() * self._expected_q(self.q_target, batch.next_obs)
+            v_next = self._expected_q(self.q_target, batch.next_obs)
+            target = batch.reward + cfg.gamma * (~batch.terminated).float() * v_next
         loss, metrics = td_loss(self.q_net(batch.obs, batch.action), target)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -139,12 +139,11 @@ class PPOLearner:
             for start in range(0, n, cfg.minibatch_size):
                 idx = perm[start : start + cfg.minibatch_size]
                 obs = flat.obs[idx]
-                dist = self.policy.distribution(obs)
-                logp = dist.log_prob(flat.action[idx])
+                logp, entropy = self.policy.log_prob_entropy(obs, flat.action[idx])
                 mb_adv = normalize(adv[idx]) if cfg.normalize_advantage else adv[idx]
                 pg_loss, metrics = ppo_clip_loss(logp, flat.behavior_log_prob[idx], mb_adv, cfg.clip_ratio)
                 v_loss, vm = value_loss(self.critic(obs), ret[idx], old_v[idx], cfg.clip_ratio if cfg.clip_value else None)
-                entropy = dist.entropy().mean()
+                entropy = entropy.mean()
                 loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy
                 metrics.update(vm, entropy=float(entropy.detach()))
                 if offline is not None and self.bc_coef > 0:
@@ -173,7 +172,7 @@ class PPOLearner:
             value_mean=float(old_v.mean()),
         )
         if not self.policy.discrete:
-            out["std_mean"] = float(self.policy.log_std.exp().mean())
+            out["std_mean"] = float(self.policy.log_std.detach().exp().mean())
         return out
 
     def state_dict(self) -> dict:

@@ -1,0 +1,180 @@
+"""Off-policy selection: rank candidate policies by their OPE estimates and score the ranking.
+
+With true values J (e.g. from online rollouts) the ranking is scored by
+
+    Regret@k      = max_pi J(pi) - max_{pi in Pi_k} J(pi)             (Pi_k: top-k by the estimate)
+    RankCorr      = Spearman correlation of estimates and true values (scipy.stats.spearmanr, average ranks on ties)
+    MSE / nMSE    = mean (Jhat - J)^2,  nMSE = MSE / (max J - min J)^2  (our normalisation; NaN if all J equal)
+    SharpeRatio@k = max(best@k - J(pi_b), 0) / std@k                  (Kiyohara et al. 2023, arXiv:2311.18207)
+        best@k = max_{pi in Pi_k} J(pi),  std@k = sample std (ddof = 1) of {J(pi) : pi in Pi_k}
+
+SharpeRatio@k follows the SCOPE-RL code (scope_rl/ope/ops.py), not the written formula: the numerator is
+clipped at 0 and std@k uses ddof = 1, so k = 1 gives NaN; a portfolio with std@k = 0 gives +inf when the
+clipped numerator is positive and NaN when it is 0. J(pi_b) is the behaviour policy's value, the
+"risk-free" baseline; to let pi_b compete as a candidate, add it to the estimates and true values.
+SCOPE-RL adds 1e-10 to J(pi_b); we do not (it only changes the ``best@k == J(pi_b)`` tie).
+
+Ranking ties are broken by the order of the ``estimates`` mapping (stable sort).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+from scipy import stats
+
+from hybridrl.errors import ConfigError
+
+__all__ = ["SelectionResult", "rank_correlation", "regret_at_k", "select", "sharpe_ratio_at_k", "top_k"]
+
+
+def _value(x) -> float:
+    return float(getattr(x, "estimate", x))
+
+
+def _arrays(estimated, true) -> tuple[np.ndarray, np.ndarray]:
+    """Align ``estimated`` and ``true`` (two mappings with the same keys, or two equal-length sequences)."""
+    if isinstance(estimated, Mapping):
+        if not isinstance(true, Mapping):
+            raise ConfigError("estimated is a dict of policy names; true values must be a dict too")
+        missing = [k for k in estimated if k not in true]
+        if missing:
+            raise ConfigError(f"true values are missing for policies {missing}")
+        return (np.array([_value(v) for v in estimated.values()], dtype=np.float64),
+                np.array([float(true[k]) for k in estimated], dtype=np.float64))
+    est = np.array([_value(v) for v in estimated], dtype=np.float64)
+    tru = np.asarray(true, dtype=np.float64).reshape(-1)
+    if est.shape != tru.shape:
+        raise ConfigError(f"estimated has {est.size} values but true has {tru.size}")
+    return est, tru
+
+
+def top_k(estimated: Sequence[float] | np.ndarray, k: int) -> np.ndarray:
+    """Indices ``[k]`` of the k largest estimates, best first (stable: ties keep input order).
+
+    Raises ConfigError unless ``1 <= k <= len(estimated)``.
+    """
+    est = np.asarray(estimated, dtype=np.float64)
+    if not 1 <= int(k) <= est.size:
+        raise ConfigError(f"k must be in [1, {est.size}] (the number of candidates), got {k}")
+    return np.argsort(-est, kind="stable")[: int(k)]
+
+
+def regret_at_k(estimated, true, k: int) -> float:
+    """Regret@k = best true value - best true value among the top-k by estimate (>= 0, reward units).
+
+    ``estimated``/``true``: dicts with the same keys (values or OPEResults) or aligned sequences.
+    Raises ConfigError on misaligned inputs or a bad k.
+    """
+    est, tru = _arrays(estimated, true)
+    return float(tru.max() - tru[top_k(est, k)].max())
+
+
+def rank_correlation(estimated, true) -> float:
+    """Spearman rank correlation in [-1, 1] of estimates vs true values (NaN if either is constant)."""
+    est, tru = _arrays(estimated, true)
+    if est.size < 2 or np.ptp(est) == 0 or np.ptp(tru) == 0:
+        return float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(stats.spearmanr(est, tru).statistic)
+
+
+def sharpe_ratio_at_k(estimated, true, behavior_value: float, k: int) -> float:
+    """SharpeRatio@k = max(best@k - J(pi_b), 0) / std@k (ddof = 1), SCOPE-RL code convention (module docstring).
+
+    Args:
+        estimated, true: dicts with the same keys or aligned sequences of estimated / true values.
+        behavior_value: J(pi_b), the baseline.
+        k: portfolio size, ``1 <= k <= n``.
+    Returns: the ratio; NaN for k = 1 (sample std undefined) or 0/0; +inf for a positive return with zero std.
+    Raises: ConfigError on misaligned inputs or a bad k.
+    """
+    est, tru = _arrays(estimated, true)
+    vals = tru[top_k(est, k)]
+    if vals.size < 2:
+        return float("nan")
+    num = max(float(vals.max()) - float(behavior_value), 0.0)
+    std = float(vals.std(ddof=1))
+    if std == 0.0:
+        return float("inf") if num > 0 else float("nan")
+    return num / std
+
+
+@dataclass
+class SelectionResult:
+    """Outcome of :func:`select`.
+
+    Attributes:
+        ranking: candidate names, best estimate first.
+        top_k: the first ``k`` of ``ranking``.
+        k: portfolio size.
+        estimates: name -> estimated value.
+        regret_at_k, rank_correlation, mse, nmse: None unless true values were given.
+        best_at_k, std_at_k: true max and sample std (ddof=1; NaN for k=1) over the top-k; None without true values.
+        sharpe_ratio_at_k: None unless true values and ``behavior_value`` were given.
+        true_values, behavior_value: the inputs (None when not given).
+    """
+
+    ranking: list[str]
+    top_k: list[str]
+    k: int
+    estimates: dict[str, float]
+    regret_at_k: float | None = None
+    rank_correlation: float | None = None
+    mse: float | None = None
+    nmse: float | None = None
+    best_at_k: float | None = None
+    std_at_k: float | None = None
+    sharpe_ratio_at_k: float | None = None
+    true_values: dict[str, float] | None = None
+    behavior_value: float | None = None
+
+    def to_dict(self) -> dict:
+        """All fields as plain Python (JSON-able; NaN/inf stay floats)."""
+        return dataclasses.asdict(self)
+
+
+def select(estimates: Mapping[str, float], k: int, true_values: Mapping[str, float] | None = None,
+           behavior_value: float | None = None) -> SelectionResult:
+    """Rank candidates by estimate, keep the top k, and (with true values) score the selection.
+
+    Args:
+        estimates: name -> estimated value (a float or an :class:`~hybridrl.ope.estimators.OPEResult`).
+        k: number of policies to deploy, ``1 <= k <= len(estimates)``.
+        true_values: name -> true value J(pi) for every candidate, or None.
+        behavior_value: J(pi_b) for SharpeRatio@k (needs ``true_values``).
+    Raises:
+        ConfigError: empty ``estimates``, bad ``k``, missing true values, or ``behavior_value`` without them.
+    """
+    if not estimates:
+        raise ConfigError("select needs at least one candidate estimate")
+    names = list(estimates)
+    est = np.array([_value(estimates[n]) for n in names], dtype=np.float64)
+    order = top_k(est, len(names))
+    ranking = [names[i] for i in order]
+    kk = int(k)
+    top_k(est, kk)  # validates k
+    res = SelectionResult(ranking, ranking[:kk], kk, {n: float(v) for n, v in zip(names, est)})
+    if true_values is None:
+        if behavior_value is not None:
+            raise ConfigError("behavior_value is only used for SharpeRatio@k, which also needs true_values")
+        return res
+    _, tru = _arrays(estimates, true_values)
+    res.true_values = {n: float(v) for n, v in zip(names, tru)}
+    res.behavior_value = None if behavior_value is None else float(behavior_value)
+    vals = tru[order[:kk]]
+    spread = float(np.ptp(tru))
+    res.regret_at_k = regret_at_k(est, tru, kk)
+    res.rank_correlation = rank_correlation(est, tru)
+    res.mse = float(np.mean((est - tru) ** 2))
+    res.nmse = res.mse / spread**2 if spread > 0 else float("nan")
+    res.best_at_k = float(vals.max())
+    res.std_at_k = float(vals.std(ddof=1)) if kk > 1 else float("nan")
+    if behavior_value is not None:
+        res.sharpe_ratio_at_k = sharpe_ratio_at_k(est, tru, behavior_value, kk)
+    return res

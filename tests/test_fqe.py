@@ -1,0 +1,143 @@
+"""Fitted Q Evaluation: target construction, contract checks, convergence on the bandit and the chain."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from hybridrl.algos.fqe import FQEConfig, FQELearner
+from hybridrl.data.batches import Transitions
+from hybridrl.data.dataset import Dataset
+from hybridrl.envs.toy import BanditEnv, ChainEnv, TabularPolicy, chain_q
+from hybridrl.errors import ConfigError
+from hybridrl.nn import GaussianPolicy
+from hybridrl.ope import fit_fqe
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny networks: one thread is faster and immune to contention on a busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+CHAIN_OBS, CHAIN_ACT = gym.spaces.Box(0.0, 1.0, (5,), np.float32), gym.spaces.Discrete(2)
+
+
+def collect(make_env, policy, n_episodes: int, seed: int = 0) -> Dataset:
+    """Roll out ``policy`` (all envs in lockstep) into a Dataset with behaviour log-probabilities."""
+    torch.manual_seed(seed)
+    envs = [make_env() for _ in range(n_episodes)]
+    eps = [dict(observations=[env.reset(seed=seed + i)[0]], actions=[], rewards=[], terminations=[], truncations=[],
+                behavior_log_prob=[]) for i, env in enumerate(envs)]
+    active = list(range(n_episodes))
+    while active:
+        actions, logp = policy.act(np.stack([eps[i]["observations"][-1] for i in active]))
+        still = []
+        for i, a, lp in zip(active, actions, logp):
+            o, r, term, trunc, _ = envs[i].step(a)
+            keys = ("observations", "actions", "rewards", "terminations", "truncations", "behavior_log_prob")
+            for key, val in zip(keys, (o, a, r, term, trunc, lp)):
+                eps[i][key].append(val)
+            if not (term or trunc):
+                still.append(i)
+        active = still
+    env = envs[0]
+    return Dataset.from_episodes([{k: np.asarray(v) for k, v in ep.items()} for ep in eps],
+                                 env.observation_space, env.action_space)
+
+
+def small_config(**kw) -> FQEConfig:
+    return FQEConfig(**{"hidden": (64, 64), "lr": 1e-3, "tau": 0.05, "batch_size": 128, **kw})
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError, match="tau"):
+        FQEConfig(tau=0.0)
+    with pytest.raises(ConfigError, match="gamma"):
+        FQEConfig(gamma=1.5)
+    assert FQEConfig().hidden == (256, 256) and FQEConfig().n_action_samples == 10
+
+
+def test_requires_a_fitting_policy():
+    with pytest.raises(ConfigError, match="policy"):
+        FQELearner(FQEConfig(), CHAIN_OBS, CHAIN_ACT)
+    with pytest.raises(ConfigError, match="does not fit"):
+        FQELearner(FQEConfig(), gym.spaces.Box(0, 1, (3,)), CHAIN_ACT, policy=TabularPolicy(np.full((5, 2), 0.5)))
+
+
+def test_target_exact_expectation_and_truncation_bootstraps():
+    pi = TabularPolicy(np.tile([0.3, 0.7], (5, 1)))
+    learner = FQELearner(small_config(gamma=0.9), CHAIN_OBS, CHAIN_ACT, policy=pi)
+    eye = torch.eye(5)
+    batch = Transitions(obs=eye[[0, 1, 2]], action=torch.tensor([1, 1, 0]), reward=torch.tensor([0.5, 1.0, 2.0]),
+                        next_obs=eye[[1, 2, 3]], terminated=torch.tensor([False, True, False]),
+                        truncated=torch.tensor([True, False, False]))
+    with torch.no_grad():
+        qbar = learner.q_target.all_actions(batch.next_obs)
+        v_next = (qbar * torch.tensor([0.3, 0.7])).sum(-1)
+    expected = batch.reward + 0.9 * torch.tensor([1.0, 0.0, 1.0]) * v_next  # truncated row 0 bootstraps
+    metrics = learner.update(batch)
+    assert metrics["target_mean"] == pytest.approx(float(expected.mean()), rel=1e-5)
+    assert set(metrics) >= {"q_loss", "q_mean", "target_mean"}
+
+
+def test_policy_untouched_state_dict_roundtrip_and_determinism():
+    pi = TabularPolicy(np.tile([0.3, 0.7], (5, 1)))
+    before = {k: v.clone() for k, v in pi.state_dict().items()}
+    data = collect(lambda: ChainEnv(), TabularPolicy(np.full((5, 2), 0.5)), 50)
+    a = fit_fqe(data, pi, 0.9, small_config(), steps=30, seed=3)
+    b = fit_fqe(data, pi, 0.9, small_config(), steps=30, seed=3)
+    for k, v in pi.state_dict().items():
+        torch.testing.assert_close(v, before[k])
+    obs = torch.eye(5)
+    torch.testing.assert_close(a.value(obs), b.value(obs))
+    c = FQELearner(small_config(gamma=0.9), CHAIN_OBS, CHAIN_ACT, seed=99, policy=pi)
+    c.load_state_dict(a.state_dict())
+    torch.testing.assert_close(c.q(obs, torch.ones(5, dtype=torch.long)), a.q(obs, torch.ones(5, dtype=torch.long)))
+    assert a.q_net._obs_norm[0] is pi.obs_norm and a.q_target._obs_norm[0] is pi.obs_norm
+
+
+def test_continuous_actions_sampled_expectation():
+    obs_space, act_space = gym.spaces.Box(-1, 1, (3,), np.float32), gym.spaces.Box(-1, 1, (2,), np.float32)
+    pi = GaussianPolicy(3, 2, hidden=(16,), log_std_init=-1.0)
+    learner = FQELearner(small_config(n_action_samples=4), obs_space, act_space, policy=pi)
+    g = torch.Generator().manual_seed(0)
+    batch = Transitions(obs=torch.rand(32, 3, generator=g), action=torch.rand(32, 2, generator=g),
+                        reward=torch.rand(32, generator=g), next_obs=torch.rand(32, 3, generator=g),
+                        terminated=torch.zeros(32, dtype=torch.bool), truncated=torch.zeros(32, dtype=torch.bool))
+    m = learner.update(batch)
+    assert np.isfinite(m["q_loss"])
+    assert learner.value(batch.obs).shape == (32,) and learner.q(batch.obs, batch.action).shape == (32,)
+
+
+def test_fqe_bandit_converges_to_means():
+    means = [0.0, 0.5, 1.0]
+    data = collect(lambda: BanditEnv(3, means, noise_std=0.1), TabularPolicy(np.full((1, 3), 1 / 3), obs_dim=1), 600)
+    pi = TabularPolicy([[0.2, 0.3, 0.5]], obs_dim=1)
+    fqe = fit_fqe(data, pi, 0.99, small_config(), steps=600, seed=0)
+    q = fqe.q_net.all_actions(torch.ones(1, 1))[0].detach().numpy()
+    np.testing.assert_allclose(q, means, atol=0.05)
+    assert fqe.value(torch.ones(1, 1)).item() == pytest.approx(0.65, abs=0.04)
+
+
+def test_fqe_chain_converges_to_true_q():
+    gamma = 0.9
+    target = np.tile([0.2, 0.8], (5, 1))
+    data = collect(lambda: ChainEnv(), TabularPolicy(np.full((5, 2), 0.5)), 600, seed=1)
+    fqe = fit_fqe(data, TabularPolicy(target), gamma, small_config(), steps=1500, seed=0)
+    q_hat = fqe.q_net.all_actions(torch.eye(5))[:4].detach().numpy()
+    # FQE bootstraps through truncation: it estimates the infinite-horizon Q of the target policy.
+    np.testing.assert_allclose(q_hat, chain_q(target, gamma, horizon=None)[:4], atol=0.05)
+
+
+def test_registered_as_ope_algorithm():
+    from hybridrl.algos import get_algo
+
+    spec = get_algo("fqe")
+    assert spec.learner_cls is FQELearner and spec.regime == "ope"

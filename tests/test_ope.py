@@ -1,0 +1,266 @@
+"""OPE estimators, bootstrap intervals, evaluate_ope and off-policy selection metrics."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from hybridrl.algos.fqe import FQEConfig
+from hybridrl.data.dataset import Dataset
+from hybridrl.envs.toy import ChainEnv, TabularPolicy, chain_policy_value
+from hybridrl.errors import ConfigError, DatasetError
+from hybridrl.ope import (
+    OPEResult, bootstrap_ci, dm, dr, evaluate_ope, fit_fqe, importance_weights, pdis, rank_correlation, regret_at_k,
+    select, sharpe_ratio_at_k, snpdis,
+)
+
+GAMMA = 0.9
+BEHAVIOR = np.full((5, 2), 0.5)
+TARGET = np.tile([0.25, 0.75], (5, 1))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def collect(make_env, policy, n_episodes: int, seed: int = 0, log_prob: bool = True) -> Dataset:
+    """Roll out ``policy`` (all envs in lockstep) into a Dataset, with behaviour log-probabilities if asked."""
+    torch.manual_seed(seed)
+    envs = [make_env() for _ in range(n_episodes)]
+    eps = [dict(observations=[env.reset(seed=seed + i)[0]], actions=[], rewards=[], terminations=[], truncations=[],
+                behavior_log_prob=[]) for i, env in enumerate(envs)]
+    active = list(range(n_episodes))
+    while active:
+        actions, logp = policy.act(np.stack([eps[i]["observations"][-1] for i in active]))
+        still = []
+        for i, a, lp in zip(active, actions, logp):
+            o, r, term, trunc, _ = envs[i].step(a)
+            keys = ("observations", "actions", "rewards", "terminations", "truncations", "behavior_log_prob")
+            for key, val in zip(keys, (o, a, r, term, trunc, lp)):
+                eps[i][key].append(val)
+            if not (term or trunc):
+                still.append(i)
+        active = still
+    drop = () if log_prob else ("behavior_log_prob",)
+    return Dataset.from_episodes([{k: np.asarray(v) for k, v in ep.items() if k not in drop} for ep in eps],
+                                 envs[0].observation_space, envs[0].action_space)
+
+
+@pytest.fixture(scope="module")
+def chain_data() -> Dataset:
+    return collect(lambda: ChainEnv(5, 0.1, 20), TabularPolicy(BEHAVIOR), 2000, seed=0)
+
+
+@pytest.fixture(scope="module")
+def chain_fqe(chain_data):
+    cfg = FQEConfig(hidden=(64, 64), lr=1e-3, tau=0.05, batch_size=128)
+    return fit_fqe(chain_data, TabularPolicy(TARGET), GAMMA, cfg, steps=1500, seed=0)
+
+
+# ------------------------------------------------------------------------------------- hand-computed case
+def two_episode_data() -> tuple[Dataset, TabularPolicy]:
+    """Episode A: s0 -a1,r0-> s1 -a0,r1-> terminal. Episode B: s0 -a0,r2-> truncated. pi_0 uniform."""
+    eye = np.eye(2, dtype=np.float32)
+    a = dict(observations=eye[[0, 1, 1]], actions=np.array([1, 0]), rewards=np.array([0.0, 1.0]),
+             terminations=np.array([False, True]), truncations=np.array([False, False]),
+             behavior_log_prob=np.log([0.5, 0.5]))
+    b = dict(observations=eye[[0, 1]], actions=np.array([0]), rewards=np.array([2.0]), terminations=np.array([False]),
+             truncations=np.array([True]), behavior_log_prob=np.log([0.5]))
+    data = Dataset.from_episodes([a, b], gym.spaces.Box(0, 1, (2,), np.float32), gym.spaces.Discrete(2))
+    return data, TabularPolicy([[0.25, 0.75], [0.8, 0.2]])
+
+
+def test_hand_computed_two_episodes():
+    data, pi = two_episode_data()
+    # weights: A w_{0:0} = 1.5, w_{0:1} = 1.5 * 1.6 = 2.4; B w_{0:0} = 0.5 (frozen at 0.5 afterwards); gamma = 0.5
+    np.testing.assert_allclose(np.exp(importance_weights(data, pi)), [1.5, 1.6, 0.5])
+    p = pdis(data, pi, 0.5, n_boot=0)
+    np.testing.assert_allclose(p.per_episode, [0.5 * 2.4 * 1.0, 0.5 * 2.0])  # [1.2, 1.0]
+    assert p.estimate == pytest.approx(1.1) and np.isnan(p.ci_low)
+    # SN normalisers over all episodes: t=0: (1.5 + 0.5)/2 = 1; t=1: (2.4 + 0.5)/2 = 1.45 (B frozen at 0.5)
+    s = snpdis(data, pi, 0.5, n_boot=0)
+    np.testing.assert_allclose(s.per_episode, [0.5 * 2.4 / 1.45, 0.5 / 1.0 * 2.0], rtol=1e-8)
+    assert s.estimate == pytest.approx((1.2 / 1.45 + 1.0) / 2, rel=1e-8)
+    # DR with a tabular critic Q(s0,.) = [1, 2], Q(s1,.) = [3, 0]: V(s0) = 1.75, V(s1) = 2.4
+    q_table = torch.tensor([[1.0, 2.0], [3.0, 0.0]])
+    critic = SimpleNamespace(policy=pi, config=SimpleNamespace(gamma=0.5),
+                             q=lambda o, a: q_table[o.argmax(-1), a.long()],
+                             value=lambda o: (q_table[o.argmax(-1)] * pi.probs(o)).sum(-1))
+    d = dr(data, pi, 0.5, critic, n_boot=0)
+    # A: t0 1.5 (0 - 2) + 1.75 = -1.25; t1 0.5 [2.4 (1 - 3) + 1.5 * 2.4] = -0.6; B: 0.5 (2 - 1) + 1.75 = 2.25
+    np.testing.assert_allclose(d.per_episode, [-1.85, 2.25], rtol=1e-6)
+    assert d.estimate == pytest.approx(0.2, rel=1e-6)
+    m = dm(data, pi, 0.5, critic, n_boot=0)
+    assert m.estimate == pytest.approx(1.75) and m.notes
+    assert p.diagnostics["max_weight"] == pytest.approx(2.4) and p.diagnostics["ess"] == pytest.approx(2.9**2 / 6.01)
+
+
+def test_dr_with_exact_q_and_pdis_agree_in_expectation_on_one_step_data():
+    # On a one-step problem with Qhat = 0, DR reduces to PDIS exactly.
+    data, pi = two_episode_data()
+    zero = SimpleNamespace(policy=pi, config=SimpleNamespace(gamma=0.5), q=lambda o, a: torch.zeros(len(o)),
+                           value=lambda o: torch.zeros(len(o)))
+    np.testing.assert_allclose(dr(data, pi, 0.5, zero, n_boot=0).per_episode, pdis(data, pi, 0.5, n_boot=0).per_episode)
+    with pytest.raises(ConfigError, match="gamma"):
+        dr(data, pi, 0.9, zero)
+    with pytest.raises(ConfigError, match="different policy"):
+        dm(data, TabularPolicy(np.full((2, 2), 0.5)), 0.5, zero)
+
+
+def test_missing_behavior_log_prob_raises():
+    data, pi = two_episode_data()
+    data.behavior_log_prob = None
+    with pytest.raises(DatasetError, match="behavior_log_prob"):
+        pdis(data, pi, 0.5)
+    assert pdis(data, pi, 0.5, behavior_log_prob=np.log([0.5, 0.5, 0.5]), n_boot=0).estimate == pytest.approx(1.1)
+
+
+def test_overflowing_weights_keep_snpdis_finite_and_flag_pdis():
+    eye = np.eye(2, dtype=np.float32)
+    eps = [dict(observations=eye[[0, 1, 1]], actions=np.array([1, 0]), rewards=np.array([0.0, 1.0]),
+                terminations=np.array([False, True]), truncations=np.array([False, False])),
+           dict(observations=eye[[0, 1, 0]], actions=np.array([0, 1]), rewards=np.array([2.0, 0.5]),
+                terminations=np.array([False, False]), truncations=np.array([False, True]))]
+    data = Dataset.from_episodes(eps, gym.spaces.Box(0, 1, (2,), np.float32), gym.spaces.Discrete(2))
+    pi = TabularPolicy([[0.25, 0.75], [0.8, 0.2]])
+    blp = np.log(np.full(4, 0.5))
+    # Equal lengths: a constant shift of every step's log-ratio multiplies all weights at step t by one
+    # constant, which self-normalisation cancels; the raw weights reach exp(1000) and overflow.
+    ref = snpdis(data, pi, 0.5, behavior_log_prob=blp, n_boot=0)
+    big = snpdis(data, pi, 0.5, behavior_log_prob=blp - 500.0, n_boot=20)
+    assert big.estimate == pytest.approx(ref.estimate, rel=1e-9) and np.isfinite(big.ci_low)
+    p = pdis(data, pi, 0.5, behavior_log_prob=blp - 500.0, n_boot=20)
+    assert not np.isfinite(p.estimate) and any("overflow" in n for n in p.notes)
+    assert p.diagnostics["max_log_weight"] > 709
+
+
+def test_results_serialise_to_json():
+    import json
+
+    data, pi = two_episode_data()
+    d = pdis(data, pi, 0.5, n_boot=10).to_dict(per_episode=True)
+    assert json.loads(json.dumps(d))["per_episode"] == pytest.approx([1.2, 1.0])
+    sel = select(EST, 2, TRUE, 6.0).to_dict()
+    assert json.loads(json.dumps(sel))["ranking"] == ["B", "A", "D", "C"] and sel["true_values"] == TRUE
+
+
+# --------------------------------------------------------------------------------------------- bootstrap
+def test_bootstrap_ci_of_mean_matches_normal_theory():
+    x = np.random.default_rng(0).normal(2.0, 1.0, size=400)
+    low, high = bootstrap_ci(lambda c: c @ x / len(x), len(x), n_boot=2000, rng=1)
+    se = x.std(ddof=1) / np.sqrt(len(x))
+    assert low == pytest.approx(x.mean() - 1.96 * se, abs=0.25 * se)
+    assert high == pytest.approx(x.mean() + 1.96 * se, abs=0.25 * se)
+    with pytest.raises(ConfigError):
+        bootstrap_ci(lambda c: c.sum(1), 10, confidence=1.5)
+
+
+def test_snpdis_bootstrap_recomputes_self_normalisation(chain_data):
+    small = chain_data.select_episodes(range(40))
+    pi = TabularPolicy(TARGET)
+    res = snpdis(small, pi, GAMMA, n_boot=50, seed=7)
+    idx = np.random.default_rng(7).integers(0, 40, size=(50, 40))  # the resamples bootstrap_ci draws
+    naive = [snpdis(small.select_episodes(row), pi, GAMMA, n_boot=0).estimate for row in idx]
+    np.testing.assert_allclose([res.ci_low, res.ci_high], np.quantile(naive, [0.025, 0.975]), rtol=1e-9)
+
+
+# ---------------------------------------------------------------------------------- chain MDP, known truth
+def test_on_policy_weights_are_one_and_pdis_is_the_mc_mean(chain_data):
+    pi_b = TabularPolicy(BEHAVIOR)
+    assert np.all(importance_weights(chain_data, pi_b) == 0.0)
+    mc = chain_data.episode_returns(GAMMA).mean()
+    assert pdis(chain_data, pi_b, GAMMA, n_boot=0).estimate == pytest.approx(mc, rel=1e-12)
+    assert snpdis(chain_data, pi_b, GAMMA, n_boot=0).estimate == pytest.approx(mc, rel=1e-9)
+
+
+def test_unbiased_estimators_cover_the_analytic_value(chain_data, chain_fqe):
+    truth = chain_policy_value(TARGET, GAMMA, slip=0.1, horizon=20)
+    pi = chain_fqe.policy
+    results = [pdis(chain_data, pi, GAMMA), snpdis(chain_data, pi, GAMMA), dr(chain_data, pi, GAMMA, chain_fqe)]
+    for r in results:
+        assert r.ci_low <= truth <= r.ci_high, (r.estimator, r.estimate, r.ci_low, r.ci_high, truth)
+        assert r.ci_high - r.ci_low < 0.1 and r.n_episodes == 2000 and r.confidence == 0.95
+    assert results[2].ci_high - results[2].ci_low < results[0].ci_high - results[0].ci_low  # DR reduces variance
+    # DR stays unbiased with a poor critic (an FQE of a different policy is just "some Q").
+    bad_q = fit_fqe(chain_data, pi, GAMMA, FQEConfig(hidden=(8,)), steps=5, seed=1)
+    r = dr(chain_data, pi, GAMMA, bad_q)
+    assert r.ci_low <= truth <= r.ci_high
+    # DM with a well-fit FQE is close (FQE targets the infinite-horizon value; the gap is ~1e-3 here).
+    assert dm(chain_data, pi, GAMMA, chain_fqe).estimate == pytest.approx(truth, abs=0.03)
+
+
+def test_evaluate_ope_shares_fqe_and_estimates_behavior_by_bc(chain_data):
+    data = collect(lambda: ChainEnv(5, 0.1, 20), TabularPolicy(BEHAVIOR), 400, seed=5, log_prob=False)
+    assert data.behavior_log_prob is None
+    policies = {"right": TabularPolicy(TARGET), "uniform": TabularPolicy(BEHAVIOR)}
+    out = evaluate_ope(data, policies, estimators=("fqe", "pdis", "dr"), gamma=GAMMA, fqe_steps=300,
+                       fqe_config=FQEConfig(hidden=(32, 32), lr=1e-3, tau=0.05, batch_size=128), behavior_steps=150,
+                       n_boot=200)
+    assert set(out) == set(policies) and set(out["right"]) == {"fqe", "pdis", "dr"}
+    note = "behaviour log-probabilities estimated by behaviour cloning (150 steps)"
+    assert note in out["right"]["pdis"].notes and note in out["right"]["dr"].notes
+    assert note not in out["right"]["fqe"].notes and out["right"]["fqe"].estimator == "fqe"
+    truth = chain_policy_value(TARGET, GAMMA)
+    assert out["right"]["pdis"].estimate == pytest.approx(truth, abs=0.1)
+    assert isinstance(out["uniform"]["dr"], OPEResult)
+
+
+def test_evaluate_ope_unknown_estimator():
+    data, pi = two_episode_data()
+    with pytest.raises(ConfigError, match=r"'pdis'.*did you mean 'snpdis'|expected one of"):
+        evaluate_ope(data, {"p": pi}, estimators=("sndpis",))
+
+
+# --------------------------------------------------------------------------------------------- selection
+TRUE = {"A": 10.0, "B": 8.0, "C": 5.0, "D": 1.0}
+EST = {"A": 7.0, "B": 9.0, "C": 2.0, "D": 3.0}  # ranking B, A, D, C
+
+
+def test_select_hand_computed():
+    res = select(EST, k=2, true_values=TRUE, behavior_value=6.0)
+    assert res.ranking == ["B", "A", "D", "C"] and res.top_k == ["B", "A"]
+    assert res.regret_at_k == 0.0 and res.best_at_k == 10.0
+    assert res.std_at_k == pytest.approx(np.sqrt(2.0))
+    assert res.sharpe_ratio_at_k == pytest.approx(4.0 / np.sqrt(2.0))
+    assert res.rank_correlation == pytest.approx(0.6)  # d = (-1, 1, -1, 1): 1 - 6*4 / (4*15)
+    assert res.mse == pytest.approx(5.75) and res.nmse == pytest.approx(5.75 / 81)
+    assert regret_at_k(EST, TRUE, 1) == 2.0
+    assert rank_correlation(EST, TRUE) == pytest.approx(0.6)
+    # k = 3: {B, A, D} -> true {8, 10, 1}, sample std sqrt(67/3)
+    assert sharpe_ratio_at_k(EST, TRUE, 6.0, 3) == pytest.approx(4.0 / np.sqrt(67 / 3))
+
+
+def test_sharpe_ratio_edge_cases():
+    assert np.isnan(sharpe_ratio_at_k(EST, TRUE, 6.0, k=1))  # ddof=1 std of one value (SCOPE-RL code)
+    assert np.isnan(select(EST, 1, TRUE, 6.0).sharpe_ratio_at_k)
+    assert sharpe_ratio_at_k(EST, TRUE, 12.0, k=2) == 0.0  # best@k < J(pi_b): numerator clipped at 0
+    assert sharpe_ratio_at_k([2.0, 1.0, 0.0], [5.0, 5.0, 0.0], 1.0, k=2) == np.inf  # zero std, positive return
+    assert np.isnan(sharpe_ratio_at_k([2.0, 1.0, 0.0], [5.0, 5.0, 0.0], 5.0, k=2))  # 0 / 0
+
+
+def test_sharpe_ratio_prefers_underestimating_good_over_overestimating_bad():
+    """The point of SCOPE-RL's toy example 1: equal Regret@3, SharpeRatio@3 prefers X."""
+    true = {f"p{i}": float(i) for i in range(1, 11)}
+    x = dict(true, p10=7.5)  # under-estimates the best policy: top-3 = p9, p8, p10
+    y = dict(true, p1=9.5)  # over-estimates the worst policy: top-3 = p10, p1, p9
+    assert regret_at_k(x, true, 3) == regret_at_k(y, true, 3) == 0.0
+    assert sharpe_ratio_at_k(x, true, 5.0, 3) > 4 * sharpe_ratio_at_k(y, true, 5.0, 3)
+
+
+def test_select_accepts_results_and_validates():
+    res = {n: OPEResult("pdis", v, None, v - 1, v + 1) for n, v in EST.items()}
+    assert select(res, 2).top_k == ["B", "A"] and select(res, 2).regret_at_k is None
+    with pytest.raises(ConfigError, match="k must be"):
+        select(EST, 5)
+    with pytest.raises(ConfigError, match="missing"):
+        select(EST, 2, true_values={"A": 1.0})
+    with pytest.raises(ConfigError, match="true_values"):
+        select(EST, 2, behavior_value=1.0)
