@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -31,6 +32,11 @@ from hybridrl.data.batches import Transitions
 # d3rlpy 2.8.0 IQL update-only gradient steps/s, batch 256 (BENCHMARKS.md, 2026-11-21, AMD EPYC 2-core VM).
 D3RLPY_REFERENCE = {1: 90.1, 2: 123.2}
 OBS_DIM, ACT_DIM = 11, 3  # Hopper-v5
+
+
+def cpu_model() -> str:
+    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
+    return next((l.split(":", 1)[1].strip() for l in out if l.startswith("Model name")), platform.processor())
 
 
 def synthetic(n: int, rng: np.random.Generator) -> Transitions:
@@ -102,7 +108,7 @@ def main() -> None:
 
     results = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([os.path.relpath(sys.executable), *sys.argv]), "cpu": platform.processor() or None,
+        "command": " ".join([os.path.relpath(sys.executable), *sys.argv]), "cpu": cpu_model(),
         "cores": os.cpu_count(), "torch": torch.__version__, "stable_baselines3": stable_baselines3.__version__,
         "batch": args.batch, "hidden": [256, 256], "steps_per_repeat": args.steps, "repeats": args.repeats,
         "steps_per_s": {f"{n} | {t} threads": v for (n, t), v in times.items()},
@@ -116,7 +122,8 @@ def main() -> None:
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(results, f, indent=1)
-    print(f"\n`{results['command']}` ({results['date']}, {os.cpu_count()} cores, torch {torch.__version__})\n")
+    print(f"\n`{results['command']}` ({results['date']}, {results['cpu']}, {os.cpu_count()} cores, "
+          f"torch {torch.__version__}, SB3 {stable_baselines3.__version__})\n")
     print("| gradient steps/s (median of %d x %d steps) | %s |" % (args.repeats, args.steps,
           " | ".join(f"{t} thread{'s' * (t > 1)}" for t in args.threads)))
     print("| --- |" + " --- |" * len(args.threads))

@@ -209,7 +209,9 @@ def main() -> None:
     except HybridRLError as e:
         if _state["debug"]:
             raise
-        _console().print(f"[bold red]error:[/] {type(e).__name__}: {e}")
+        from rich.text import Text
+
+        _console().print(Text.assemble(("error: ", "bold red"), f"{type(e).__name__}: {e}"), soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         _console().print("[yellow]interrupted[/]; the last checkpoint is kept")

@@ -88,7 +88,7 @@ def test_collect_epsilon_mixture_log_prob_discrete():
     with torch.no_grad():
         p = pol.probs(torch.from_numpy(ds.observations)).double().numpy()
     p_a = p[np.arange(len(ds)), ds.actions]
-    np.testing.assert_allclose(ds.behavior_log_prob, np.log((1 - eps) * p_a + eps * 0.5), rtol=1e-5)
+    np.testing.assert_allclose(ds.behavior_log_prob, np.log((1 - eps) * p_a + eps * 0.5), rtol=1e-5, atol=1e-6)
 
 
 def test_collect_epsilon_mixture_log_prob_box():
@@ -103,7 +103,7 @@ def test_collect_epsilon_mixture_log_prob_box():
     assert np.all((a >= low) & (a <= high))
     p_a = norm.pdf(a, mu, sd)  # density at the stored (clipped) action
     expect = np.log((1 - eps) * p_a + eps / (high - low))
-    np.testing.assert_allclose(ds.behavior_log_prob, expect, rtol=1e-5)
+    np.testing.assert_allclose(ds.behavior_log_prob, expect, rtol=1e-5, atol=1e-6)
 
 
 def test_collect_action_noise_log_prob():
@@ -113,7 +113,7 @@ def test_collect_action_noise_log_prob():
     with torch.no_grad():
         mode = pol.mode(torch.from_numpy(ds.observations)).double().numpy()[:, 0]
     a = ds.actions[:, 0].astype(np.float64)
-    np.testing.assert_allclose(ds.behavior_log_prob, norm.logpdf(a, mode, sigma), rtol=1e-5)
+    np.testing.assert_allclose(ds.behavior_log_prob, norm.logpdf(a, mode, sigma), rtol=1e-5, atol=1e-6)
     assert np.std(a - mode) == pytest.approx(sigma, rel=0.2)
     assert ds.metadata["behavior_policy"]["action_noise"] == sigma
 

@@ -60,3 +60,21 @@ def test_iql_on_bandit_data_picks_the_best_arm():
     probs = learner.policy.probs(torch.zeros(1, data.observations.shape[1]) + data.observations[:1])
     best = int(np.argmax([data.rewards[data.actions == a].mean() for a in (0, 1)]))
     assert probs[0, best] > 0.9
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(chain_data, tmp_path):
+    """IQL resumed on data whose rewards overflow float32 squares: the run stops, the good checkpoint stays."""
+    from hybridrl.errors import DivergenceError
+    from hybridrl.runs import latest_checkpoint, load_checkpoint
+
+    cfg = IQLConfig(hidden=(8,), normalize_reward=False)
+    run = RunDir.create(tmp_path / "iql")
+    train_offline("iql", chain_data, cfg, 20, run=run, checkpoint_every=10, log_every=10, progress=False)
+    good = latest_checkpoint(run)
+    bad = chain_data.select_episodes(range(chain_data.n_episodes))
+    bad.rewards[:] = 1e30
+    with pytest.raises(DivergenceError, match="last good checkpoint is .*step_20"):
+        train_offline("iql", bad, cfg, 200, run=run, resume=True, checkpoint_every=10, log_every=10, progress=False)
+    assert latest_checkpoint(run) == good
+    _, state = load_checkpoint(good)
+    assert all(torch.isfinite(v).all() for v in state["learner"]["q1"].values())

@@ -12,7 +12,6 @@ Truncated transitions bootstrap from V(s'); only termination stops the bootstrap
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -73,7 +72,11 @@ class IQLLearner:
         norm = self.policy.obs_norm
         self.q1 = QNet(obs_dim, act_dim, discrete, config.hidden, "relu", obs_norm=norm)
         self.q2 = QNet(obs_dim, act_dim, discrete, config.hidden, "relu", obs_norm=norm)
-        self.q1_target, self.q2_target = copy.deepcopy(self.q1), copy.deepcopy(self.q2)
+        # Targets share the policy's normaliser (a deepcopy would freeze a private copy of its statistics).
+        self.q1_target = QNet(obs_dim, act_dim, discrete, config.hidden, "relu", obs_norm=norm)
+        self.q2_target = QNet(obs_dim, act_dim, discrete, config.hidden, "relu", obs_norm=norm)
+        self.q1_target.load_state_dict(self.q1.state_dict())
+        self.q2_target.load_state_dict(self.q2.state_dict())
         for p in (*self.q1_target.parameters(), *self.q2_target.parameters()):
             p.requires_grad_(False)
         self.value = ValueNet(obs_dim, config.hidden, "relu", obs_norm=norm)

@@ -14,10 +14,14 @@ Episodes of different lengths: an episode that has ended (terminated, truncated,
 is treated as absorbing with reward 0 and no further actions, so its rewards are padded with zeros and
 its cumulative weight stays frozen at its final value ``w_{0:T_i-1}``. The self-normaliser of SNPDIS at
 step t therefore averages over ALL n episodes, not only those still running at t. (Normalising over the
-episodes alive at t would be biased: with w = 1 it would turn E[r_t | alive] into E[r_t], inflating the
-return whenever some episodes terminate early.) With this rule SNPDIS = PDIS = the Monte-Carlo mean when
-pi = pi_0. All IS estimators estimate the return of episodes as long as the logged ones (time-limit
+episodes alive at t would be biased: even with w = 1 it would estimate E[r_t] by E[r_t | alive at t],
+inflating the return whenever some episodes terminate early.) With this rule SNPDIS = PDIS = the
+Monte-Carlo mean when pi = pi_0. All IS estimators estimate the return of episodes as long as the logged ones (time-limit
 truncation included); DM with FQE estimates the infinite-horizon value (FQE bootstraps through truncation).
+
+Numerics: weights are accumulated in log space (float64). SNPDIS rescales each step's weights by their
+maximum, which cancels in the ratio, so it stays finite when raw weights overflow; PDIS and DR then return
+inf/NaN with a note ("importance weights overflow"), and ``diagnostics["max_log_weight"]`` shows how far.
 
 Confidence intervals are percentile bootstraps over episodes (:func:`bootstrap_ci`): PDIS, DM and DR from
 the per-episode values, SNPDIS by recomputing the self-normalised estimate on every resample.
