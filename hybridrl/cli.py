@@ -33,8 +33,12 @@ def _emit_json(obj) -> None:
 
 
 @app.callback()
-def _main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
+def _main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+          threads: int = typer.Option(1, "--threads", min=1, help="torch CPU threads (1 is fastest for small MLPs).")) -> None:
+    import torch
+
     _state["debug"] = debug
+    torch.set_num_threads(threads)
 
 
 @app.command("collect")
@@ -216,18 +220,14 @@ def main() -> None:
     except KeyboardInterrupt:
         _console().print("[yellow]interrupted[/]; the last checkpoint is kept")
         sys.exit(130)
-    except Exception as e:  # click usage errors
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
+    except Exception as e:  # typer/click usage errors carry their own message and exit code
+        show, code = getattr(e, "show", None), getattr(e, "exit_code", None)
+        if callable(show) and isinstance(code, int):
+            show()
+            sys.exit(code)
+        if type(e).__name__ == "Abort":
             sys.exit(1)
-        if isinstance(e, click.exceptions.Exit):
-            sys.exit(e.exit_code)
         raise
-
 
 if __name__ == "__main__":
     main()

@@ -159,6 +159,10 @@ def test_invalid_set_key_and_value(tmp_path):
                      check=False), "lr", "fast")
     expect_error(cli("train", "ppo", "--env", "CartPole-v1", "--steps", "10", "--out", tmp_path / "c", "--set",
                      "minibatch_size=100", check=False), "minibatch_size")
+    expect_error(cli("train", "iql", "--dataset", "x-v0", "--steps", "10", "--out", tmp_path / "d", "--set",
+                     "expectile=1.5", check=False), "expectile=1.5", "<= 0.999")
+    usage = cli("train", "ppo", "--steps", "10", check=False)  # missing --out: a usage error, no traceback
+    assert usage.returncode == 2 and "Traceback" not in usage.stderr and "--out" in usage.stderr
 
 
 def test_existing_run_and_dataset_are_not_overwritten(work):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from hybridrl.algos.fqe import FQEConfig, FQELearner
+from rollouts import collect
 from hybridrl.data.batches import Transitions
 from hybridrl.data.dataset import Dataset
 from hybridrl.envs.toy import BanditEnv, ChainEnv, TabularPolicy, chain_q
@@ -27,29 +28,6 @@ def _one_torch_thread():
 
 
 CHAIN_OBS, CHAIN_ACT = gym.spaces.Box(0.0, 1.0, (5,), np.float32), gym.spaces.Discrete(2)
-
-
-def collect(make_env, policy, n_episodes: int, seed: int = 0) -> Dataset:
-    """Roll out ``policy`` (all envs in lockstep) into a Dataset with behaviour log-probabilities."""
-    torch.manual_seed(seed)
-    envs = [make_env() for _ in range(n_episodes)]
-    eps = [dict(observations=[env.reset(seed=seed + i)[0]], actions=[], rewards=[], terminations=[], truncations=[],
-                behavior_log_prob=[]) for i, env in enumerate(envs)]
-    active = list(range(n_episodes))
-    while active:
-        actions, logp = policy.act(np.stack([eps[i]["observations"][-1] for i in active]))
-        still = []
-        for i, a, lp in zip(active, actions, logp):
-            o, r, term, trunc, _ = envs[i].step(a)
-            keys = ("observations", "actions", "rewards", "terminations", "truncations", "behavior_log_prob")
-            for key, val in zip(keys, (o, a, r, term, trunc, lp)):
-                eps[i][key].append(val)
-            if not (term or trunc):
-                still.append(i)
-        active = still
-    env = envs[0]
-    return Dataset.from_episodes([{k: np.asarray(v) for k, v in ep.items()} for ep in eps],
-                                 env.observation_space, env.action_space)
 
 
 def small_config(**kw) -> FQEConfig:

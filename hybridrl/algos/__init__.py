@@ -1,4 +1,4 @@
-"""Learners: one ``<Algo>Config`` + ``<Algo>Learner`` per file, registered in :data:`ALGOS`.
+"""Learners: one ``<Algo>Config`` + ``<Algo>Learner`` per file, looked up with :func:`get_algo`.
 
 A learner owns its networks and optimisers and exposes ``policy``, ``update(batch) -> dict[str, float]``,
 ``state_dict()`` and ``load_state_dict()``. It never steps an environment.
@@ -52,5 +52,19 @@ def algo_names() -> list[str]:
     return sorted(_registry())
 
 
-def optimizer_state(optimizers: dict[str, Any]) -> dict[str, Any]:
-    return {k: opt.state_dict() for k, opt in optimizers.items()}
+def check_config(config: Any, **rules: tuple[float | None, float | None]) -> None:
+    """Raise :class:`ConfigError` unless each named field lies in its closed range ``(low, high)`` (None = open)."""
+    name = type(config).__name__
+    for field, (low, high) in rules.items():
+        value = getattr(config, field)
+        if value is None:
+            continue
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise ConfigError(f"{name}.{field}={value!r} is out of range; expected {low if low is not None else '-inf'}"
+                              f" <= {field} <= {high if high is not None else 'inf'}")
+    activation = getattr(config, "activation", None)
+    if activation is not None and activation not in ("tanh", "relu"):
+        raise ConfigError(f"{name}.activation={activation!r}; expected 'tanh' or 'relu'")
+    hidden = getattr(config, "hidden", None)
+    if hidden is not None and (not hidden or any(int(h) <= 0 for h in hidden)):
+        raise ConfigError(f"{name}.hidden={hidden!r}; expected positive layer widths such as 256,256")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import gymnasium as gym
 import torch
 
+from hybridrl.algos import check_config
 from hybridrl.data.batches import Transitions
 from hybridrl.losses import bc_loss
 from hybridrl.nn import Policy, make_policy
@@ -40,6 +41,9 @@ class BCConfig:
     weight_decay: float = 0.0
     max_grad_norm: float | None = None
     log_std_init: float = -0.5
+
+    def __post_init__(self) -> None:
+        check_config(self, lr=(1e-12, None), batch_size=(1, None), weight_decay=(0.0, None), max_grad_norm=(1e-12, None))
 
 
 class BCLearner:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import gymnasium as gym
 import torch
 
+from hybridrl.algos import check_config
 from hybridrl.data.batches import Transitions
 from hybridrl.losses import awr_policy_loss, expectile_loss, td_loss
 from hybridrl.nn import Policy, QNet, ValueNet, make_policy
@@ -38,7 +39,7 @@ class IQLConfig:
         max_weight: clip of exp(beta * A) (paper: 100).
         normalize_reward: scale rewards by 1000 / (max - min episode return) of the dataset (set by
             the loop through ``reward_scale``), as the authors do for locomotion.
-        max_grad_norm: global gradient-norm clip per network; None disables.
+        max_grad_norm: global gradient-norm clip per optimiser (the two critics share one); None disables.
     """
 
     actor_lr: float = 3e-4
@@ -54,9 +55,15 @@ class IQLConfig:
     normalize_reward: bool = True
     max_grad_norm: float | None = None
 
+    def __post_init__(self) -> None:
+        check_config(self, actor_lr=(1e-12, None), critic_lr=(1e-12, None), value_lr=(1e-12, None), batch_size=(1, None),
+                     gamma=(0.0, 0.9999), tau=(1e-6, 1.0), expectile=(1e-3, 0.999), temperature=(0.0, None),
+                     max_weight=(1e-6, None), max_grad_norm=(1e-12, None))
+
 
 class IQLLearner:
-    """IQL learner. ``update(Transitions)`` returns value_loss, q_loss, actor_loss, q_mean, v_mean, weight_mean."""
+    """IQL learner. ``update(Transitions)`` returns value_loss, expectile_weight_mean, q_loss, q_mean, v_mean, actor_loss,
+    weight_mean and weight_max."""
 
     def __init__(self, config: IQLConfig, observation_space: gym.Space, action_space: gym.Space, seed: int = 0,
                  policy: Policy | None = None):

@@ -81,8 +81,12 @@ class PPOConfig:
     bc_decay: float = 1.0
 
     def __post_init__(self) -> None:
+        from hybridrl.algos import check_config
         from hybridrl.errors import ConfigError
 
+        check_config(self, lr=(1e-12, None), num_envs=(1, None), n_steps=(1, None), n_epochs=(1, None),
+                     clip_ratio=(1e-6, None), ent_coef=(0.0, None), vf_coef=(0.0, None), max_grad_norm=(1e-12, None),
+                     target_kl=(0.0, None), bc_coef=(0.0, None), bc_decay=(1e-6, 1.0))
         rollout = self.num_envs * self.n_steps
         if self.minibatch_size <= 0 or rollout % self.minibatch_size:
             raise ConfigError(

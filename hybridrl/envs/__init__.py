@@ -21,13 +21,3 @@ from hybridrl.envs.make import (
 
 if importlib.util.find_spec("hybridrl.envs.toy") is not None:
     importlib.import_module("hybridrl.envs.toy")  # registers the toy envs
-
-__all__ = [
-    "REFERENCE_SCORES",
-    "RewardScaler",
-    "check_env_matches",
-    "make_env",
-    "make_vec_env",
-    "normalized_score",
-    "true_next_obs",
-]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+
+import torch
+
 from hybridrl.algos.ppo import PPOConfig, PPOLearner
 from hybridrl.data.dataset import Dataset
 from hybridrl.errors import ConfigError
@@ -39,8 +43,9 @@ def finetune(
     config = config or PPOConfig(lr=1e-4, normalize_reward=True)
     if mix_offline and (dataset is None or config.bc_coef <= 0):
         raise ConfigError("finetune with mix_offline needs a dataset and PPO bc_coef > 0 (e.g. --set bc_coef=0.1)")
+    policy = copy.deepcopy(policy)  # the caller's policy is left as it was
     if isinstance(policy, GaussianPolicy):
-        with __import__("torch").no_grad():
+        with torch.no_grad():
             policy.log_std.clamp_(min=config.log_std_init)
     offline = dataset.transitions() if mix_offline and dataset is not None else None
     return train_on_policy(
