@@ -1,4 +1,9 @@
-"""On-policy training (PPO): collect a rollout from vector envs, update, log, checkpoint, repeat."""
+"""On-policy training: collect a rollout from vector envs, update, log, checkpoint, repeat.
+
+Any learner registered with regime ``on_policy`` runs here. Its config provides ``num_envs``, ``n_steps``,
+``gamma`` and ``normalize_reward``; the learner provides ``policy``, ``update(Segments, offline=None)`` and
+``set_progress(fraction)``.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from collections import deque
 import numpy as np
 import torch
 
-from hybridrl.algos.ppo import PPOConfig, PPOLearner
+from hybridrl.algos import get_algo
 from hybridrl.data.batches import Segments, Transitions
 from hybridrl.envs import RewardScaler, make_vec_env, true_next_obs
 from hybridrl.errors import PolicyError
@@ -19,7 +24,7 @@ from hybridrl.runs import RunDir
 
 def train_on_policy(
     env_id: str,
-    config: PPOConfig,
+    config,
     total_steps: int,
     run: RunDir | None = None,
     seed: int = 0,
@@ -32,12 +37,13 @@ def train_on_policy(
     eval_episodes: int = 5,
     progress: bool = True,
     record: dict | None = None,
-) -> PPOLearner:
-    """Train PPO on ``env_id`` for ``total_steps`` environment steps.
+    algo: str = "ppo",
+):
+    """Train an on-policy learner (``algo``, default PPO) on ``env_id`` for ``total_steps`` environment steps.
 
     Args:
         env_id: Gymnasium id.
-        config: PPO hyperparameters (rollout = ``num_envs * n_steps`` steps).
+        config: the learner's config (rollout = ``num_envs * n_steps`` steps).
         total_steps: environment steps in total (rounded up to whole rollouts).
         run: run directory for config, metrics, checkpoints (None: nothing is written).
         policy: start from this policy (fine-tuning); a fresh one otherwise.
@@ -56,8 +62,9 @@ def train_on_policy(
     obs_space, act_space = envs.single_observation_space, envs.single_action_space
     if policy is not None and (reason := policy_matches_spaces(policy, obs_space, act_space)):
         raise PolicyError(f"initial policy cannot act in {env_id}: {reason}")
-    learner = PPOLearner(config, obs_space, act_space, seed=seed, policy=policy)
-    run, logger = open_run(run, record or run_record(algo="ppo", env_id=env_id, steps=total_steps, seed=seed, config=config), resume)
+    learner = get_algo(algo).learner_cls(config, obs_space, act_space, seed=seed, policy=policy)
+    run, logger = open_run(run, record or run_record(algo=algo, env_id=env_id, steps=total_steps, seed=seed, config=config), resume)
+    modules = [m for m in vars(learner).values() if isinstance(m, torch.nn.Module)]
     scaler = RewardScaler(config.gamma) if config.normalize_reward else None
     step, loop_state = restore(run, learner) if (resume and run is not None) else (0, {})
     if scaler is not None and "reward_scaler" in loop_state:
@@ -81,7 +88,7 @@ def train_on_policy(
     next_ckpt = step + (checkpoint_every or total_steps)
     next_eval = step + (eval_every or total_steps + 1)
     with progress_bar(progress) as bar:
-        task = bar.add_task(f"ppo {env_id}", total=total_steps, completed=step, info="")
+        task = bar.add_task(f"{algo} {env_id}", total=total_steps, completed=step, info="")
         while step < total_steps:
             learner.set_progress(step / total_steps)
             for t in range(t_len):
@@ -106,7 +113,7 @@ def train_on_policy(
             )
             metrics = learner.update(seg, offline)
             step += n * t_len
-            check_finite(metrics, [learner.policy, learner.critic], step, run)
+            check_finite(metrics, modules, step, run)
             if update_norm:
                 norm.update(buf_obs.reshape(-1, *obs_shape))
             if recent:
@@ -127,5 +134,5 @@ def train_on_policy(
     if logger is not None:
         logger.close()
     if run is not None:
-        console.print(f"[green]ppo[/] finished {step} steps in {run.path}")
+        console.print(f"[green]{algo}[/] finished {step} steps in {run.path}")
     return learner

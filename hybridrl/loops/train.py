@@ -92,9 +92,13 @@ def train(
     if spec.regime == "on_policy":
         if env_id is None:
             raise ConfigError(f"{algo} is on-policy: pass --env ENV_ID")
-        record = run_record(algo=algo.lower(), env_id=env_id, steps=steps, seed=seed, config=config)
+        # Hybrid on-policy learners (e.g. HNPG) also receive the offline dataset as flat transitions.
+        ds = None if dataset is None else (dataset if isinstance(dataset, Dataset) else Dataset.load(dataset))
+        record = run_record(algo=algo.lower(), env_id=env_id, dataset=None if ds is None else str(ds.path), steps=steps,
+                            seed=seed, config=config)
         learner = train_on_policy(env_id, config, steps, run=run, seed=seed, resume=resume,
-                                  checkpoint_every=checkpoint_every, progress=progress, record=record)
+                                  offline=None if ds is None else ds.transitions(),
+                                  checkpoint_every=checkpoint_every, progress=progress, record=record, algo=algo.lower())
     elif spec.regime == "offline":
         if dataset is None:
             raise ConfigError(f"{algo} is offline: pass --dataset DATASET")
