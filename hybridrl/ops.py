@@ -21,7 +21,7 @@ from torch import Tensor
 from hybridrl.errors import ShapeError
 
 __all__ = [
-    "discounted_returns", "gae", "importance_ratio", "clipped_ratio", "truncated_ratio",
+    "discounted_returns", "gae", "vtrace", "importance_ratio", "clipped_ratio", "truncated_ratio",
     "effective_sample_size", "kl_k1", "kl_k2", "kl_k3", "approx_kl", "masked_sum", "masked_mean",
     "masked_var", "normalize", "explained_variance", "polyak_update",
 ]
@@ -163,6 +163,71 @@ def gae(
     coef = (gamma * gae_lambda) * (~(term | trunc)).to(reward.dtype)
     advantage = _reverse_scan(delta, coef, 0.0)
     return advantage, advantage + value
+
+
+def vtrace(
+    log_rho: Tensor,
+    reward: Tensor,
+    value: Tensor,
+    next_value: Tensor,
+    terminated: Tensor,
+    truncated: Tensor,
+    gamma: float,
+    rho_max: float = 1.0,
+    c_max: float = 1.0,
+    vtrace_lambda: float = 1.0,
+) -> tuple[Tensor, Tensor]:
+    """V-trace off-policy value targets and policy-gradient advantages over the last (time) axis.
+
+    With rho_t = min(rho_max, pi/mu), c_t = lambda * min(c_max, pi/mu), pi/mu = exp(log_rho):
+        delta_t = rho_t * (r_t + gamma * (1 - terminated_t) * next_value_t - value_t)
+        v_t - V_t = delta_t + gamma * c_t * (1 - done_t) * (v_{t+1} - V_{t+1}),   done_t = terminated_t | truncated_t
+        advantage_t = r_t + gamma * (1 - terminated_t) * v'_{t+1} - value_t,
+    where v'_{t+1} = v_{t+1} inside an episode and ``next_value_t`` = V(true next obs) after a truncation or at
+    the last step (v_T = V(x_T), the segment's bootstrap). Written out, v_s = V(x_s) + sum_t gamma^(t-s)
+    (prod_{i=s}^{t-1} c_i) delta_t (IMPALA eq. 1). The IMPALA policy gradient (eq. 4) weights ``advantage`` by
+    min(rho_bar_pg, pi/mu) (use :func:`truncated_ratio`); a PPO-style objective applies its own ratio instead.
+    With all ratios 1 and rho_max, c_max >= 1: ``v`` equals the GAE(gamma, lambda) returns, and for lambda = 1
+    ``advantage`` equals the GAE(gamma, 1) advantage (n-step returns bootstrapped at the segment end).
+    Source: Espeholt et al. (2018) "IMPALA", eq. 1 (v_s) and eq. 4 (q_s = r_s + gamma v_{s+1}); DeepMind
+    scalable_agent ``vtrace.py``; lambda in c_i as rlax ``vtrace(lambda_)``; Pardo et al. (2018) for truncations.
+
+    Args:
+        log_rho: ``[..., T]`` float, log pi(a_t|s_t) - log mu(a_t|s_t) (nats; target vs behaviour policy).
+        reward: ``[..., T]`` float, r_t.
+        value: ``[..., T]`` float, V(s_t). next_value: ``[..., T]`` float, V(true s_{t+1}) (pre-reset at episode ends).
+        terminated, truncated: ``[..., T]`` bool.
+        gamma: discount in [0, 1]. rho_max: rho_bar > 0 (truncation of the TD-error weight; sets the fixed point).
+        c_max: c_bar > 0 (truncation of the trace; sets the contraction speed). vtrace_lambda: lambda in [0, 1].
+
+    Returns:
+        ``(vs, advantage)``, both ``[..., T]`` of ``reward``'s dtype: the V-trace targets v_t and r_t + gamma v_{t+1}
+        - V(s_t). Gradients flow through the inputs; pass detached values and ratios (as learners do) to get none.
+
+    Raises:
+        ShapeError: if shapes differ, ``T == 0`` or ``reward`` is not floating. ValueError: gamma/lambda outside
+        [0, 1] or rho_max/c_max <= 0.
+    """
+    where = "vtrace"
+    check_same_shape(where, log_rho=log_rho, reward=reward, value=value, next_value=next_value,
+                     terminated=terminated, truncated=truncated)
+    _check_time(where, reward)
+    _check_unit(where, gamma=gamma, vtrace_lambda=vtrace_lambda)
+    if rho_max <= 0 or c_max <= 0:
+        raise ValueError(f"{where}: rho_max and c_max must be > 0, got {rho_max}, {c_max}")
+    term, trunc = terminated.bool(), truncated.bool()
+    not_term = (~term).to(reward.dtype)
+    ratio = torch.exp(log_rho)
+    rho = ratio.clamp(max=rho_max)
+    c = vtrace_lambda * ratio.clamp(max=c_max)
+    delta = rho * (reward + gamma * not_term * next_value - value)
+    vs_minus_v = _reverse_scan(delta, gamma * c * (~(term | trunc)).to(reward.dtype), 0.0)
+    vs = value + vs_minus_v
+    # v_{t+1} inside an episode; V(true next obs) after a truncation and at the segment's last step.
+    following = torch.cat([vs[..., 1:], next_value[..., -1:]], dim=-1)
+    vs_next = torch.where(term | trunc, next_value, following)
+    advantage = reward + gamma * not_term * vs_next - value
+    return vs, advantage
 
 
 # ------------------------------------------------------------------------------ importance sampling

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from hybridrl.algos.ppo import PPOConfig
+from hybridrl.algos.fqe import FQEConfig
 from hybridrl.data.collect import collect
 from hybridrl.data.dataset import Dataset
 from hybridrl.data.measures import dataset_summary, plot_return_histogram
@@ -24,7 +24,7 @@ from hybridrl.loops.finetune import finetune
 from hybridrl.loops.train import build_config, finish_run, train
 from hybridrl.nn import load_policy
 from hybridrl.ope import evaluate_ope, select
-from hybridrl.runs import RunDir, load_config, plot_estimates, save_config
+from hybridrl.runs import RunDir, dataclass_from_dict, load_config, plot_estimates, save_config
 
 PIPELINE_KEYS = {"env_id", "seed", "gamma", "behavior", "collect", "candidates", "ope", "select", "finetune"}
 
@@ -104,7 +104,8 @@ def run_pipeline(config: dict | str | Path, out: str | Path, overwrite: bool = F
     ope_cfg = cfg.get("ope", {})
     console.rule("[bold]3. off-policy evaluation and selection")
     estimators = tuple(ope_cfg.get("estimators", ["fqe", "pdis", "snpdis", "dr"]))
-    results = evaluate_ope(dataset, policies, estimators=estimators, gamma=gamma,
+    fqe_config = dataclass_from_dict(FQEConfig, ope_cfg["fqe"], where=f"{source}: ope.fqe") if "fqe" in ope_cfg else None
+    results = evaluate_ope(dataset, policies, estimators=estimators, gamma=gamma, fqe_config=fqe_config,
                            fqe_steps=int(ope_cfg.get("fqe_steps", 5000)), seed=seed, progress=progress)
     n_eval = int(ope_cfg.get("eval_episodes", 10))
     truth = {n: evaluate_policy(policies[n], env_id, n_eval, seed=50_000, deterministic=False, gamma=gamma) for n in names}

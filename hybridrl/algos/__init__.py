@@ -25,14 +25,27 @@ class AlgoSpec:
 def _registry() -> dict[str, AlgoSpec]:
     from hybridrl.algos.bc import BCConfig, BCLearner
     from hybridrl.algos.fqe import FQEConfig, FQELearner
+    from hybridrl.algos.hnpg import HNPGConfig, HNPGLearner
     from hybridrl.algos.iql import IQLConfig, IQLLearner
+    from hybridrl.algos.npg import NPGConfig, NPGLearner, TRPOConfig
+    from hybridrl.algos.mdpo import MDPOConfig, MDPOLearner
     from hybridrl.algos.ppo import PPOConfig, PPOLearner
+    from hybridrl.algos.replay_pg import ReplayPGConfig, ReplayPGLearner
+    from hybridrl.algos.props import PROPSConfig, PROPSLearner
+    from hybridrl.algos.sac import SACConfig, SACLearner
 
     return {
         "ppo": AlgoSpec(PPOConfig, PPOLearner, "on_policy"),
+        "props": AlgoSpec(PROPSConfig, PROPSLearner, "on_policy"),  # driven by loops.props.train_props
+        "mdpo": AlgoSpec(MDPOConfig, MDPOLearner, "on_policy"),
+        "replay_pg": AlgoSpec(ReplayPGConfig, ReplayPGLearner, "on_policy"),
         "bc": AlgoSpec(BCConfig, BCLearner, "offline"),
         "iql": AlgoSpec(IQLConfig, IQLLearner, "offline"),
         "fqe": AlgoSpec(FQEConfig, FQELearner, "ope"),
+        "sac": AlgoSpec(SACConfig, SACLearner, "off_policy"),
+        "npg": AlgoSpec(NPGConfig, NPGLearner, "on_policy"),
+        "trpo": AlgoSpec(TRPOConfig, NPGLearner, "on_policy"),
+        "hnpg": AlgoSpec(HNPGConfig, HNPGLearner, "on_policy"),
     }
 
 

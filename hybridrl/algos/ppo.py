@@ -25,6 +25,7 @@ import torch
 from hybridrl.data.batches import Segments, Transitions
 from hybridrl.losses import bc_loss, ppo_clip_loss, value_loss
 from hybridrl.nn import Policy, ValueNet, make_policy
+from hybridrl.nn.mixture import make_mixture_policy
 from hybridrl.ops import explained_variance, gae, normalize
 
 
@@ -55,6 +56,9 @@ class PPOConfig:
         normalize_reward: scale rewards by the running std of the discounted return (clip +-10).
         bc_coef: weight of a behaviour-cloning term on offline batches (fine-tuning with offline data; 0 = off).
         bc_decay: multiply ``bc_coef`` by this factor after every update (in (0, 1]).
+        policy: "gaussian" or "mixture" (PMOE-PPO: a Gaussian mixture of ``n_experts`` with a softmax router,
+            Box actions only; see docs/algorithms/pmoe.md).
+        n_experts: K, experts of the mixture policy (>= 1).
     """
 
     lr: float = 3e-4
@@ -79,6 +83,8 @@ class PPOConfig:
     normalize_reward: bool = True
     bc_coef: float = 0.0
     bc_decay: float = 1.0
+    policy: str = "gaussian"
+    n_experts: int = 4
 
     def __post_init__(self) -> None:
         from hybridrl.algos import check_config
@@ -86,7 +92,9 @@ class PPOConfig:
 
         check_config(self, lr=(1e-12, None), num_envs=(1, None), n_steps=(1, None), n_epochs=(1, None),
                      clip_ratio=(1e-6, None), ent_coef=(0.0, None), vf_coef=(0.0, None), max_grad_norm=(1e-12, None),
-                     target_kl=(0.0, None), bc_coef=(0.0, None), bc_decay=(1e-6, 1.0))
+                     target_kl=(0.0, None), bc_coef=(0.0, None), bc_decay=(1e-6, 1.0), n_experts=(1, None))
+        if self.policy not in ("gaussian", "mixture"):
+            raise ConfigError(f"PPOConfig.policy={self.policy!r}; expected 'gaussian' or 'mixture'")
         rollout = self.num_envs * self.n_steps
         if self.minibatch_size <= 0 or rollout % self.minibatch_size:
             raise ConfigError(
@@ -107,6 +115,10 @@ class PPOLearner:
                  policy: Policy | None = None):
         torch.manual_seed(seed)
         self.config = config
+        if policy is None and config.policy == "mixture":  # PMOE-PPO (unsquashed experts, free log-stds)
+            policy = make_mixture_policy(observation_space, action_space, config.n_experts, config.hidden,
+                                         config.activation, config.normalize_obs, squash=False,
+                                         state_dependent_std=False, log_std_init=config.log_std_init)
         self.policy = policy or make_policy(
             observation_space, action_space, config.hidden, config.activation, config.normalize_obs,
             **({} if isinstance(action_space, gym.spaces.Discrete) else {"log_std_init": config.log_std_init}),

@@ -10,10 +10,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
 from hybridrl.errors import DivergenceError
+from hybridrl.runs.progress import console, progress_bar  # noqa: F401  (re-exported for the loops)
 from hybridrl.runs import (
     MetricsLogger,
     RunDir,
@@ -23,17 +21,6 @@ from hybridrl.runs import (
     save_checkpoint,
     save_config,
 )
-
-console = Console(stderr=True)
-
-
-def progress_bar(enabled: bool = True) -> Progress:
-    """A rich progress bar on stderr (disabled = invisible, still usable)."""
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not enabled, transient=False,
-    )
-
 
 def open_run(run: RunDir | None, record: dict, resume: bool) -> tuple[RunDir | None, MetricsLogger | None]:
     """Write ``config.yaml`` (fresh runs) and open the metrics logger."""

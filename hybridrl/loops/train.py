@@ -10,13 +10,14 @@ from hybridrl.errors import ConfigError, RunExistsError
 from hybridrl.loops.common import console, json_ready, run_record, saved_record
 from hybridrl.loops.evaluate import evaluate_policy
 from hybridrl.loops.offline import train_offline
+from hybridrl.loops.off_policy import train_off_policy
 from hybridrl.loops.on_policy import train_on_policy
 from hybridrl.nn import Policy, save_policy
 from hybridrl.runs import RunDir, apply_overrides, dataclass_from_dict, load_config, plot_curves, read_metrics
 from hybridrl.runs.report import write_report
 
 CURVE_KEYS = ["episode_return", "eval_return", "policy_loss", "value_loss", "approx_kl", "entropy",
-              "bc_loss", "actor_loss", "q_loss", "q_mean"]
+              "bc_loss", "actor_loss", "q_loss", "q_mean", "alpha"]
 
 
 def build_config(algo: str, config_file: str | Path | None = None, overrides: list[str] | None = None):
@@ -70,8 +71,8 @@ def train(
 ) -> RunDir:
     """Train ``algo`` into the run directory ``out`` (the ``hybridrl train`` verb).
 
-    On-policy algorithms need ``env_id``; offline ones need ``dataset`` (path or Minari id) and are
-    evaluated online when the dataset's env (or ``env_id``) is known. With ``resume`` the run's saved
+    On-policy and off-policy (``sac``) algorithms need ``env_id``; offline ones need ``dataset`` (path or
+    Minari id) and are evaluated online when the dataset's env (or ``env_id``) is known. With ``resume`` the run's saved
     ``config.yaml`` is used and training continues from its latest checkpoint up to ``steps``.
 
     Raises:
@@ -107,6 +108,12 @@ def train(
         record = run_record(algo=algo.lower(), dataset=str(ds.path), env_id=env_id, steps=steps, seed=seed, config=config)
         learner = train_offline(algo, ds, config, steps, run=run, seed=seed, resume=resume,
                                 checkpoint_every=checkpoint_every, progress=progress, record=record)
+    elif spec.regime == "off_policy":
+        if env_id is None:
+            raise ConfigError(f"{algo} is off-policy: pass --env ENV_ID")
+        record = run_record(algo=algo.lower(), env_id=env_id, steps=steps, seed=seed, config=config)
+        learner = train_off_policy(env_id, config, steps, run=run, seed=seed, algo=algo.lower(), resume=resume,
+                                   checkpoint_every=checkpoint_every, progress=progress, record=record)
     else:
         raise ConfigError(f"{algo} is an off-policy evaluation method; use `hybridrl ope`")
     ev = finish_run(run, learner.policy, env_id, eval_episodes, seed, title=f"{algo} on {env_id or dataset}")

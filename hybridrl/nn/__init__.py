@@ -370,3 +370,4 @@ def load_policy(directory: str | Path, env_id: str | None = None) -> Policy:
     policy.env_id = meta.get("env_id")
     policy.eval()
     return policy
+from hybridrl.nn import tanh_gaussian as _tanh_gaussian, mixture as _mixture  # noqa: E402,F401  (register policy classes)

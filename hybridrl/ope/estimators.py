@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -42,6 +41,7 @@ from scipy.special import logsumexp
 from hybridrl.algos.fqe import FQEConfig, FQELearner
 from hybridrl.data.dataset import Dataset
 from hybridrl.errors import ConfigError, DatasetError, DivergenceError, PolicyError, ShapeError
+from hybridrl.runs.progress import progress_bar
 from hybridrl.nn import Policy, policy_matches_spaces
 
 __all__ = [
@@ -323,7 +323,7 @@ def fit_fqe(dataset: Dataset, policy: Policy, gamma: float, config: FQEConfig | 
             seed: int = 0, progress: bool = False) -> FQELearner:
     """Fit an FQE critic of ``policy`` on ``dataset`` for ``steps`` gradient steps (batches from ``dataset.sample``).
 
-    ``config.gamma`` is replaced by ``gamma``. Progress lines go to stderr every 10% when ``progress``.
+    ``config.gamma`` is replaced by ``gamma``. A progress bar goes to stderr when ``progress``.
     Raises: ConfigError (bad steps/config), DivergenceError if the TD loss becomes NaN or inf.
     """
     if steps < 0:
@@ -331,15 +331,16 @@ def fit_fqe(dataset: Dataset, policy: Policy, gamma: float, config: FQEConfig | 
     config = dataclasses.replace(config or FQEConfig(), gamma=float(gamma))
     learner = FQELearner(config, dataset.observation_space, dataset.action_space, seed=seed, policy=policy)
     rng = np.random.default_rng(seed)
-    every = max(1, steps // 10)
-    for i in range(steps):
-        metrics = learner.update(dataset.sample(config.batch_size, rng))
-        if not np.isfinite(metrics["q_loss"]):
-            raise DivergenceError(f"fit_fqe: TD loss became {metrics['q_loss']} at step {i + 1}; "
-                                  "lower the learning rate or check the rewards")
-        if progress and ((i + 1) % every == 0 or i + 1 == steps):
-            print(f"fqe step {i + 1}/{steps} q_loss={metrics['q_loss']:.4g} q_mean={metrics['q_mean']:.4g}",
-                  file=sys.stderr)
+    every = max(1, steps // 100)
+    with progress_bar(progress) as bar:
+        task = bar.add_task("fqe", total=steps, info="")
+        for i in range(steps):
+            metrics = learner.update(dataset.sample(config.batch_size, rng))
+            if not np.isfinite(metrics["q_loss"]):
+                raise DivergenceError(f"fit_fqe: TD loss became {metrics['q_loss']} at step {i + 1}; "
+                                      "lower the learning rate or check the rewards")
+            if (i + 1) % every == 0 or i + 1 == steps:
+                bar.update(task, completed=i + 1, info=f"q_loss {metrics['q_loss']:.3g} q_mean {metrics['q_mean']:.3g}")
     return learner
 
 

@@ -1,0 +1,209 @@
+"""On-policy Mirror Descent Policy Optimization (Tomar et al. 2020, arXiv:2005.09814).
+
+Per rollout k (a :class:`Segments` batch collected by pi_theta_k):
+
+    A_t   = GAE(gamma, lambda) with V(true next obs) at truncations, standardised over the rollout
+    repeat sgd_steps times (full batch, Adam, global grad-norm clip):
+        L(theta) = -mean[ pi_theta(a|s) / pi_theta_k(a|s) * A ] + (1 / t_k) mean_s KL(pi_theta(.|s) || pi_theta_k(.|s))
+    t_k   = step_size * (1 - (k - 1) / K)            (K = iterations of the run; the penalty 1/t_k grows)
+    value: vf_epochs passes of minibatch Adam on the clipped value loss towards the GAE returns
+
+Follows the official ``mdpo_on/mdpo.py`` ("multistep-SGD" method): exact per-state KL with the current policy
+first, separate policy/value Adam optimisers, value update after the policy steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import gymnasium as gym
+import torch
+from torch.distributions import kl_divergence
+
+from hybridrl.data.batches import Segments, Transitions
+from hybridrl.errors import ConfigError
+from hybridrl.losses import value_loss
+from hybridrl.losses.mdpo import mdpo_loss
+from hybridrl.nn import Policy, ValueNet, make_policy
+from hybridrl.ops import explained_variance, gae, normalize
+
+
+@dataclass(frozen=True)
+class MDPOConfig:
+    """On-policy MDPO hyperparameters; defaults follow the official ``mdpo_on`` MuJoCo settings.
+
+    Attributes:
+        lr: policy Adam learning rate (> 0; eps 1e-5, constant as in the official code).
+        value_lr: value Adam learning rate (> 0).
+        num_envs: parallel environments (rollout width ``B``).
+        n_steps: steps per env per rollout (``T``); one MDPO iteration per rollout.
+        sgd_steps: full-batch policy gradient steps per iteration (m, >= 1).
+        vf_epochs: passes of minibatch value regression per iteration (>= 1).
+        vf_minibatch_size: transitions per value step (>= 1; a final partial minibatch is dropped).
+        gamma: discount in [0, 1).
+        gae_lambda: GAE lambda in [0, 1].
+        step_size: t at the first iteration (> 0); the KL penalty weight is 1 / t_k.
+        step_size_schedule: "linear" (t_k = step_size * (1 - (k - 1) / K)) or "constant" (t_k = step_size).
+        schedule_iterations: K of the linear schedule; None = the run's length (from ``set_progress``). The
+            official script trains for 10M steps, i.e. K = 4882 iterations of 2048 steps, whatever the budget.
+        min_step_size: floor on t_k (> 0), a guard against division by ~0 near the end of a schedule.
+        ent_coef: entropy bonus coefficient (>= 0; official 0).
+        clip_range_vf: clip of the value update around the rollout-time value (None = plain squared error).
+        max_grad_norm: global gradient-norm clip of the policy step (> 0).
+        normalize_advantage: standardise advantages over the whole rollout.
+        hidden: hidden widths of actor and critic. activation: "tanh" or "relu".
+        log_std_init: initial log standard deviation of Gaussian policies.
+        normalize_obs: running observation normalisation (statistics saved with the policy).
+        normalize_reward: scale rewards by the running std of the discounted return (clip +-10).
+    """
+
+    lr: float = 3e-4
+    value_lr: float = 3e-4
+    num_envs: int = 1
+    n_steps: int = 2048
+    sgd_steps: int = 10
+    vf_epochs: int = 5
+    vf_minibatch_size: int = 128
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    step_size: float = 1.0
+    step_size_schedule: Literal["linear", "constant"] = "linear"
+    schedule_iterations: int | None = None
+    min_step_size: float = 1e-4
+    ent_coef: float = 0.0
+    clip_range_vf: float | None = 0.2
+    max_grad_norm: float = 0.5
+    normalize_advantage: bool = True
+    hidden: tuple[int, ...] = (64, 64)
+    activation: str = "tanh"
+    log_std_init: float = 0.0
+    normalize_obs: bool = True
+    normalize_reward: bool = True
+
+    def __post_init__(self) -> None:
+        from hybridrl.algos import check_config
+
+        check_config(self, lr=(1e-12, None), value_lr=(1e-12, None), num_envs=(1, None), n_steps=(1, None),
+                     sgd_steps=(1, None), vf_epochs=(1, None), vf_minibatch_size=(1, None), gae_lambda=(0.0, 1.0),
+                     step_size=(1e-12, None), schedule_iterations=(1, None), min_step_size=(1e-12, None),
+                     ent_coef=(0.0, None), clip_range_vf=(1e-6, None), max_grad_norm=(1e-12, None))
+        if not 0.0 <= self.gamma < 1.0:
+            raise ConfigError(f"MDPOConfig.gamma={self.gamma!r} is out of range; expected 0 <= gamma < 1")
+        if self.step_size_schedule not in ("linear", "constant"):
+            raise ConfigError(f"MDPOConfig.step_size_schedule={self.step_size_schedule!r}; expected 'linear' or 'constant'")
+
+    @property
+    def rollout_size(self) -> int:
+        return self.num_envs * self.n_steps
+
+
+class MDPOLearner:
+    """On-policy MDPO: ``update(Segments) -> metrics``; ``set_progress(f)`` drives the step-size schedule."""
+
+    def __init__(self, config: MDPOConfig, observation_space: gym.Space, action_space: gym.Space, seed: int = 0,
+                 policy: Policy | None = None):
+        torch.manual_seed(seed)
+        self.config = config
+        self.policy = policy or make_policy(
+            observation_space, action_space, config.hidden, config.activation, config.normalize_obs,
+            **({} if isinstance(action_space, gym.spaces.Discrete) else {"log_std_init": config.log_std_init}),
+        )
+        self.critic = ValueNet(observation_space.shape[0], config.hidden, config.activation, obs_norm=self.policy.obs_norm)
+        self.policy_optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.lr, eps=1e-5)
+        self.value_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.value_lr)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.progress = 0.0  # (k - 1) / K, set by the loop before each rollout
+        self.iteration = 0  # completed MDPO iterations
+
+    def set_progress(self, fraction: float) -> None:
+        """Record training progress ``fraction`` in [0, 1]: (k - 1) / K for the linear step-size schedule."""
+        self.progress = float(fraction)
+
+    def step_size(self) -> float:
+        """The mirror-descent step size t_k of the next update (penalty weight 1 / t_k)."""
+        cfg = self.config
+        if cfg.step_size_schedule == "constant":
+            return cfg.step_size
+        done = self.progress if cfg.schedule_iterations is None else self.iteration / cfg.schedule_iterations
+        return max(cfg.step_size * (1.0 - done), cfg.min_step_size)
+
+    def update(self, batch: Segments, offline: Transitions | None = None) -> dict[str, float]:
+        """One MDPO iteration on a rollout ``batch`` ``[B, T]`` collected by the current policy.
+
+        Raises ConfigError if ``offline`` data is passed (MDPO has no offline term).
+        """
+        if offline is not None:
+            raise ConfigError("mdpo does not use offline data (no bc_coef); train without an offline dataset")
+        cfg = self.config
+        with torch.no_grad():
+            b, t = batch.reward.shape
+            values = self.critic(batch.obs.reshape(b * t, -1)).reshape(b, t)
+            next_values = self.critic(batch.next_obs.reshape(b * t, -1)).reshape(b, t)
+            advantages, returns = gae(batch.reward, values, next_values, batch.terminated, batch.truncated,
+                                      cfg.gamma, cfg.gae_lambda)
+        flat = batch.flatten()
+        m = batch.mask.reshape(-1)
+        adv, ret, old_v = advantages.reshape(-1)[m], returns.reshape(-1)[m], values.reshape(-1)[m]
+        if cfg.normalize_advantage:
+            adv = normalize(adv)
+        obs, action = flat.obs, flat.action
+        with torch.no_grad():  # pi_theta_k: the distribution that collected the rollout, frozen for this iteration
+            old_dist = self.policy.distribution(obs)
+            old_logp = old_dist.log_prob(action)
+        t_k = self.step_size()
+        sums: dict[str, float] = {}
+        for _ in range(cfg.sgd_steps):
+            dist = self.policy.distribution(obs)
+            logp = dist.log_prob(action)
+            kl = kl_divergence(dist, old_dist)
+            loss, metrics = mdpo_loss(logp, old_logp, adv, kl, t_k)
+            entropy = dist.entropy().mean()
+            loss = loss - cfg.ent_coef * entropy
+            self.policy_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+            self.policy_optimizer.step()
+            metrics.update(entropy=float(entropy.detach()), grad_norm=float(grad_norm))
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + v
+        out = {k: v / cfg.sgd_steps for k, v in sums.items()}
+        with torch.no_grad():
+            out["kl_final"] = float(kl_divergence(self.policy.distribution(obs), old_dist).mean())
+        n, v_sums, v_count = len(flat), 0.0, 0
+        size = min(cfg.vf_minibatch_size, n)
+        for _ in range(cfg.vf_epochs):
+            perm = torch.randperm(n, generator=self.generator)
+            for start in range(0, n - size + 1, size):
+                idx = perm[start : start + size]
+                v_loss, _ = value_loss(self.critic(obs[idx]), ret[idx], old_v[idx], cfg.clip_range_vf)
+                self.value_optimizer.zero_grad(set_to_none=True)
+                v_loss.backward()
+                self.value_optimizer.step()
+                v_sums += float(v_loss.detach())
+                v_count += 1
+        self.iteration += 1
+        out.update(
+            value_loss=v_sums / max(v_count, 1),
+            step_size=t_k,
+            explained_variance=float(explained_variance(old_v, ret)),
+            value_mean=float(old_v.mean()),
+        )
+        if not self.policy.discrete:
+            out["std_mean"] = float(self.policy.log_std.detach().exp().mean())
+        return out
+
+    def state_dict(self) -> dict:
+        return {"policy": self.policy.state_dict(), "critic": self.critic.state_dict(),
+                "policy_optimizer": self.policy_optimizer.state_dict(),
+                "value_optimizer": self.value_optimizer.state_dict(), "generator": self.generator.get_state(),
+                "progress": float(self.progress), "iteration": int(self.iteration)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.critic.load_state_dict(state["critic"])
+        self.policy_optimizer.load_state_dict(state["policy_optimizer"])
+        self.value_optimizer.load_state_dict(state["value_optimizer"])
+        self.generator.set_state(state["generator"])
+        self.progress = float(state["progress"])
+        self.iteration = int(state["iteration"])

@@ -1,0 +1,265 @@
+"""PROPS: Proximal Robust On-Policy Sampling (Corrado & Hanna 2023, arXiv:2311.08290).
+
+Two policies. The *target* pi_theta is trained by PPO on a buffer of the last ``b`` rollouts, with the
+log-probabilities of all buffered pairs recomputed under pi_theta before the update, so the PPO ratio is
+pi_theta / pi_theta_before_update and there is no correction for the behaviour policy (by design). The
+*behaviour* pi_phi collects the data: after every ``m`` environment steps it is reset to pi_theta and adapted by
+
+    L(phi) = mean[ max(rho, clip(rho, 1 - eps_P, 1 + eps_P)) ] + lambda * mean_s KL(pi_phi(.|s) || pi_theta(.|s)),
+    rho = pi_phi(a|s) / pi_theta(a|s) over the buffered (s, a) that survive the next eviction,
+
+which lowers the probability of actions the buffer already holds too often, so the buffer as a whole looks
+more like on-policy data for pi_theta ("sampling error" falls). The learner never steps an env and never
+holds the buffer: ``hybridrl.loops.props.train_props`` does both.
+
+Official code: NicholasCorrado/PPOROS @a0c8708, ``PROPS/ppo_props_continuous.py`` and ``ppo_props_discrete.py``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+
+import gymnasium as gym
+import torch
+from torch.distributions import Categorical, Distribution, Independent, Normal
+
+from hybridrl.algos.ppo import PPOConfig, PPOLearner
+from hybridrl.data.batches import Segments, Transitions
+from hybridrl.errors import ConfigError
+from hybridrl.losses.props import KL_DIRECTIONS, policy_kl, props_behavior_loss
+from hybridrl.nn import Policy, make_policy
+from hybridrl.ops import gae, kl_k3
+
+
+@dataclass(frozen=True)
+class PROPSConfig:
+    """PROPS hyperparameters; defaults are PPOROS ``ppo_props_continuous.py`` argparse defaults (its lines 62-107).
+
+    Target (PPO) update, every ``n_steps`` steps per env, on the whole buffer:
+        lr: Adam step size of actor and critic (> 0), linearly annealed to 0 when ``anneal_lr``.
+        num_envs: parallel environments. n_steps: steps per env between target updates (n).
+        buffer_batches: target batches kept in the buffer (b >= 1); the buffer holds ``b * n_steps`` steps per env.
+        n_epochs: PPO passes over the buffer. minibatch_size: transitions per PPO step; must divide
+            ``num_envs * n_steps`` (PPOROS: 32 minibatches of the full buffer = 128 with the defaults).
+        gamma, gae_lambda: discount in [0, 1) and GAE lambda in [0, 1].
+        clip_ratio: PPO epsilon (> 0), also the value-clip range when ``clip_value``.
+        ent_coef, vf_coef: entropy and value-loss coefficients (>= 0). max_grad_norm: global gradient-norm clip.
+        target_kl: stop the PPO epochs once an epoch's mean approx-KL exceeds it (nats); None disables.
+        normalize_advantage: per-minibatch advantage normalisation.
+        hidden, activation: widths and activation of actor and critic MLPs. log_std_init: initial Gaussian log-std.
+        tanh_mean: squash the Gaussian mean with ``tanh`` into the action box (PPOROS's actor ends in ``Tanh``).
+        normalize_obs: running observation normalisation inside the policy.
+        normalize_reward: divide rewards by the running std of the discounted return (clip +-10); the buffer keeps
+            raw rewards and rescales them with the current statistics before every update (as PPOROS does).
+    Behaviour (PROPS) update, every ``props_n_steps`` steps per env:
+        props: collect with the adapted behaviour policy; False = "PPO-BUFFER" (act with the target policy).
+        props_n_steps: m, steps per env between behaviour updates; must divide ``n_steps``.
+        props_lr: Adam step size (> 0, not annealed; the optimiser state persists across resets, as in PPOROS).
+        props_n_epochs: passes over the buffer (>= 1). props_minibatch_size: samples per step (> 0; PPOROS: 16
+            minibatches of the ``b*n - m`` surviving steps = 192 with the defaults).
+        props_clip_ratio: eps_PROPS (> 0). props_kl_coef: lambda (>= 0).
+        props_kl_direction: "behavior_target" = KL(pi_phi || pi_theta) (PPOROS code) or "target_behavior".
+        props_kl_reduction: Gaussian KL over action dimensions, "mean" (PPOROS) or "sum" (the joint KL).
+        props_target_kl: stop the behaviour update before a step whose minibatch approx-KL (k3, buffer samples)
+            exceeds this (nats); None disables. props_max_grad_norm: gradient-norm clip of the behaviour update.
+        props_adv: AW-PROPS, weight each sample by |A| / std(A) (advantages not mean-centred).
+    """
+
+    lr: float = 1e-4
+    anneal_lr: bool = True
+    num_envs: int = 1
+    n_steps: int = 2048
+    buffer_batches: int = 2
+    n_epochs: int = 10
+    minibatch_size: int = 128
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_ratio: float = 0.2
+    clip_value: bool = True
+    ent_coef: float = 0.01
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    target_kl: float | None = 0.03
+    normalize_advantage: bool = True
+    hidden: tuple[int, ...] = (64, 64)
+    activation: str = "tanh"
+    log_std_init: float = 0.0
+    tanh_mean: bool = True
+    normalize_obs: bool = True
+    normalize_reward: bool = True
+    props: bool = True
+    props_n_steps: int = 1024
+    props_lr: float = 1e-4
+    props_n_epochs: int = 16
+    props_minibatch_size: int = 192
+    props_clip_ratio: float = 0.3
+    props_kl_coef: float = 0.3
+    props_kl_direction: str = "behavior_target"
+    props_kl_reduction: str = "mean"
+    props_target_kl: float | None = 0.05
+    props_max_grad_norm: float = 0.5
+    props_adv: bool = False
+
+    def __post_init__(self) -> None:
+        from hybridrl.algos import check_config
+
+        check_config(self, buffer_batches=(1, None), props_n_steps=(1, None), props_lr=(1e-12, None),
+                     props_n_epochs=(1, None), props_minibatch_size=(1, None), props_clip_ratio=(1e-6, None),
+                     props_kl_coef=(0.0, None), props_target_kl=(0.0, None), props_max_grad_norm=(1e-12, None))
+        if self.n_steps % self.props_n_steps:
+            raise ConfigError(f"PROPS props_n_steps={self.props_n_steps} must divide n_steps={self.n_steps}")
+        if self.props_kl_direction not in KL_DIRECTIONS:
+            raise ConfigError(f"PROPSConfig.props_kl_direction={self.props_kl_direction!r}; expected one of {KL_DIRECTIONS}")
+        if self.props_kl_reduction not in ("mean", "sum"):
+            raise ConfigError(f"PROPSConfig.props_kl_reduction={self.props_kl_reduction!r}; expected 'mean' or 'sum'")
+        self.ppo_config()  # the PPO fields are range-checked by PPOConfig (ConfigError)
+
+    def ppo_config(self) -> PPOConfig:
+        """The :class:`PPOConfig` of the target update (shared fields copied; no offline BC term)."""
+        names = {f.name for f in dataclasses.fields(PPOConfig)}
+        return PPOConfig(**{k: v for k, v in dataclasses.asdict(self).items() if k in names})
+
+    @property
+    def rollout_size(self) -> int:
+        """Environment steps between target updates (``num_envs * n_steps``)."""
+        return self.num_envs * self.n_steps
+
+    @property
+    def buffer_steps(self) -> int:
+        """Steps per env the buffer holds (``buffer_batches * n_steps``)."""
+        return self.buffer_batches * self.n_steps
+
+
+def _rows(dist: Distribution, idx: torch.Tensor) -> Distribution:
+    """The distribution of rows ``idx`` of a batched Categorical or diagonal-Gaussian policy distribution."""
+    if isinstance(dist, Categorical):
+        return Categorical(logits=dist.logits[idx], validate_args=False)
+    base = dist.base_dist if isinstance(dist, Independent) else dist
+    if not isinstance(base, Normal):
+        raise ConfigError(f"PROPS supports categorical and diagonal-Gaussian policies, got {type(dist).__name__}")
+    return Independent(Normal(base.loc[idx], base.scale[idx], validate_args=False), 1, validate_args=False)
+
+
+class PROPSLearner:
+    """PROPS learner: ``update(buffer)`` trains pi_theta by PPO; ``update_behavior(buffer)`` adapts pi_phi.
+
+    Attributes: ``policy`` (pi_theta), ``critic``, ``behavior_policy`` (pi_phi, what the loop acts with),
+    ``ppo`` (the :class:`PPOLearner` that owns policy, critic and their optimiser; composition, not inheritance).
+    """
+
+    def __init__(self, config: PROPSConfig, observation_space: gym.Space, action_space: gym.Space, seed: int = 0,
+                 policy: Policy | None = None):
+        torch.manual_seed(seed)
+        self.config = config
+        if policy is None and not isinstance(action_space, gym.spaces.Discrete):
+            policy = make_policy(observation_space, action_space, config.hidden, config.activation, config.normalize_obs,
+                                 log_std_init=config.log_std_init, tanh_mean=config.tanh_mean)
+        self.ppo = PPOLearner(config.ppo_config(), observation_space, action_space, seed=seed, policy=policy)
+        self.policy, self.critic = self.ppo.policy, self.ppo.critic
+        self.behavior_policy = copy.deepcopy(self.policy)
+        self.behavior_optimizer = torch.optim.Adam(self.behavior_policy.parameters(), lr=config.props_lr, eps=1e-5)
+        self.behavior_generator = torch.Generator().manual_seed(seed + 1)
+
+    def set_progress(self, fraction: float) -> None:
+        """Anneal the target learning rate for training progress ``fraction`` in [0, 1] (PROPS lr is constant)."""
+        self.ppo.set_progress(fraction)
+
+    def update(self, batch: Segments, offline: Transitions | None = None) -> dict[str, float]:
+        """One PPO update of pi_theta on the buffer ``batch [num_envs, T]`` (time-ordered, T <= b * n_steps).
+
+        ``batch.behavior_log_prob`` is ignored: log pi_theta of every buffered pair is recomputed first and used as
+        the ratio denominator (no importance correction for pi_phi, PPOROS lines 677-682). GAE runs over the whole
+        buffer with the current critic. Returns PPO's metrics (see ``docs/algorithms/ppo.md``).
+        Raises: ConfigError if ``offline`` data are passed (PROPS has no offline term).
+        """
+        if offline is not None:
+            raise ConfigError("PROPS does not use offline data; train it without --dataset")
+        b, t = batch.reward.shape
+        with torch.no_grad():
+            logp = self.policy.log_prob(batch.obs.reshape(b * t, -1), batch.action.reshape(b * t, *batch.action.shape[2:]))
+        return self.ppo.update(dataclasses.replace(batch, behavior_log_prob=logp.reshape(b, t)))
+
+    @torch.no_grad()
+    def reset_behavior(self) -> None:
+        """pi_phi <- pi_theta: copy every parameter and buffer (observation statistics included), exactly."""
+        self.behavior_policy.load_state_dict(self.policy.state_dict())
+
+    def _weights(self, batch: Segments) -> torch.Tensor:
+        """AW-PROPS weights |A| for the valid steps of ``batch`` (GAE with the current critic; normalised later)."""
+        b, t = batch.reward.shape
+        with torch.no_grad():
+            values = self.critic(batch.obs.reshape(b * t, -1)).reshape(b, t)
+            next_values = self.critic(batch.next_obs.reshape(b * t, -1)).reshape(b, t)
+            adv, _ = gae(batch.reward, values, next_values, batch.terminated, batch.truncated,
+                         self.config.gamma, self.config.gae_lambda)
+        return adv.reshape(-1)[batch.mask.reshape(-1)].abs()
+
+    def update_behavior(self, batch: Segments) -> dict[str, float]:
+        """Reset pi_phi to pi_theta, then adapt it with the PROPS objective on ``batch`` (the buffered steps that
+        survive the next eviction; the loop chooses them).
+
+        pi_theta is evaluated once on the batch and each minibatch takes the rows of *its own* samples, so the KL
+        term is the full per-state KL between pi_phi and pi_theta at exactly the sampled states (PPOROS's discrete
+        code used probabilities of the unsliced buffer and a one-sample KL; ALGORITHMS.md section 1(e)).
+
+        Returns metrics prefixed ``behavior_``: the loss terms and ratio statistics averaged over the minibatch
+        steps taken, ``behavior_minibatches``, ``behavior_epochs`` (started before any early stop) and
+        ``behavior_kl`` = mean_s KL(pi_phi || pi_theta) after the update (summed over action dimensions).
+        """
+        cfg = self.config
+        self.reset_behavior()
+        flat = batch.flatten()
+        obs, act, n = flat.obs, flat.action, len(flat)
+        weights = self._weights(batch) if cfg.props_adv and n > 0 else None
+        with torch.no_grad():  # pi_theta is fixed during the update: evaluate it once on every buffered state
+            target_all = self.policy.distribution(obs)
+            target_logp_all = target_all.log_prob(act)
+        sums: dict[str, float] = {}
+        count, epochs, stop = 0, 0, False
+        params = list(self.behavior_policy.parameters())
+        for _ in range(cfg.props_n_epochs if n > 0 else 0):
+            epochs += 1
+            perm = torch.randperm(n, generator=self.behavior_generator)
+            for start in range(0, n, cfg.props_minibatch_size):
+                idx = perm[start : start + cfg.props_minibatch_size]
+                dist = self.behavior_policy.distribution(obs[idx])
+                logp = dist.log_prob(act[idx])
+                with torch.no_grad():
+                    target, target_logp = _rows(target_all, idx), target_logp_all[idx]
+                    if cfg.props_target_kl is not None and float(kl_k3(logp - target_logp).mean()) > cfg.props_target_kl:
+                        stop = True  # checked before the step, on this minibatch (PPOROS lines 343-352)
+                        break
+                kl = (policy_kl(dist, target, cfg.props_kl_reduction) if cfg.props_kl_direction == "behavior_target"
+                      else policy_kl(target, dist, cfg.props_kl_reduction))
+                w = None
+                if weights is not None:
+                    w = weights[idx] / (weights[idx].std() + 1e-8) if len(idx) > 1 else torch.ones_like(logp)
+                loss, metrics = props_behavior_loss(logp, target_logp, kl, cfg.props_clip_ratio, cfg.props_kl_coef, w)
+                self.behavior_optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.props_max_grad_norm))
+                self.behavior_optimizer.step()
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                count += 1
+            if stop:
+                break
+        out = {f"behavior_{k}": v / count for k, v in sums.items()}
+        with torch.no_grad():
+            final_kl = policy_kl(self.behavior_policy.distribution(obs), target_all, "sum") if n else None
+        out.update(behavior_minibatches=float(count), behavior_epochs=float(epochs),
+                   behavior_kl=float(final_kl.mean()) if final_kl is not None else 0.0)
+        return out
+
+    def state_dict(self) -> dict:
+        return {"ppo": self.ppo.state_dict(), "behavior_policy": self.behavior_policy.state_dict(),
+                "behavior_optimizer": self.behavior_optimizer.state_dict(),
+                "behavior_generator": self.behavior_generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.ppo.load_state_dict(state["ppo"])
+        self.behavior_policy.load_state_dict(state["behavior_policy"])
+        self.behavior_optimizer.load_state_dict(state["behavior_optimizer"])
+        self.behavior_generator.set_state(state["behavior_generator"])

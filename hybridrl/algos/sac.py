@@ -1,0 +1,211 @@
+"""Soft Actor-Critic (Haarnoja et al. 2018 v2, arXiv:1812.05905) and PMOE-SAC (Ren et al. 2021, arXiv:2104.09122).
+
+One ``update(Transitions)`` is one gradient step of each part, in the order of SB3/CleanRL:
+
+    critic:  J_Q = 0.5 sum_i mean((Q_i(s,a) - y)^2),  y = r + gamma (1 - term)(min_i Qbar_i(s',a') - alpha log pi(a'|s'))
+    actor:   J_pi = mean(alpha log pi(a~|s) - min_i Q_i(s, a~)),  a~ = bias + scale tanh(mu + sigma eps)
+    alpha:   J_alpha = -mean(log alpha (log pi(a~|s) + H_target)),  H_target = -|A|
+    targets: Qbar_i <- (1 - tau) Qbar_i + tau Q_i
+
+``policy="mixture"`` (PMOE-SAC): the actor is a :class:`GaussianMixturePolicy` of ``n_experts`` tanh-Gaussians.
+Every expert draws one action, only the best one under ``min_i Q_i`` is back-propagated (its own density in the
+entropy term) and the router regresses onto ``onehot(best)``; the critic target uses an expert drawn from the
+router at s' and that expert's own log-density (ALGORITHMS.md §7, official rlkit-pmoe ``PMOEsac.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from hybridrl.algos import check_config
+from hybridrl.data.batches import Transitions
+from hybridrl.errors import ConfigError
+from hybridrl.losses.sac import (pmoe_actor_loss, pmoe_best_expert, pmoe_router_loss, sac_actor_loss,
+                                 sac_critic_loss, sac_target, sac_temperature_loss)
+from hybridrl.nn import Policy, QNet
+from hybridrl.nn.mixture import GaussianMixturePolicy, make_mixture_policy
+from hybridrl.nn.tanh_gaussian import TanhGaussianPolicy
+from hybridrl.ops import polyak_update
+
+
+@dataclass(frozen=True)
+class SACConfig:
+    """SAC hyperparameters (defaults: Haarnoja et al. 2018 v2, Table 1; ``learning_starts`` from CleanRL).
+
+    Attributes:
+        actor_lr, critic_lr, alpha_lr: Adam learning rates (> 0).
+        batch_size: transitions per gradient step (the loop samples them from the replay buffer).
+        buffer_size: replay capacity in transitions (FIFO).
+        learning_starts: env steps with uniform random actions before the first update.
+        updates_per_step: gradient steps per vector-env step once learning has started.
+        num_envs: parallel environments stepped together (each step adds ``num_envs`` transitions).
+        gamma: discount in [0, 1).
+        tau: Polyak rate of the target critics in (0, 1], applied after every gradient step.
+        hidden, activation: widths and nonlinearity of actor and both critics.
+        alpha: initial temperature (> 0); fixed when ``autotune`` is False.
+        autotune: learn alpha so that the policy entropy tracks ``target_entropy``.
+        target_entropy: nats; None means ``-|A|`` (the paper's heuristic).
+        reward_scale: rewards are multiplied by this before the TD target (rlkit's ``reward_scale``).
+        policy: "gaussian" (tanh-Gaussian SAC) or "mixture" (PMOE-SAC).
+        n_experts: K, experts of the mixture (>= 1; PMOE default 4).
+    """
+
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    alpha_lr: float = 3e-4
+    batch_size: int = 256
+    buffer_size: int = 1_000_000
+    learning_starts: int = 5000
+    updates_per_step: int = 1
+    num_envs: int = 1
+    gamma: float = 0.99
+    tau: float = 0.005
+    hidden: tuple[int, ...] = (256, 256)
+    activation: str = "relu"
+    alpha: float = 1.0
+    autotune: bool = True
+    target_entropy: float | None = None
+    reward_scale: float = 1.0
+    policy: str = "gaussian"
+    n_experts: int = 4
+
+    def __post_init__(self) -> None:
+        check_config(self, actor_lr=(1e-12, None), critic_lr=(1e-12, None), alpha_lr=(1e-12, None),
+                     batch_size=(1, None), buffer_size=(1, None), learning_starts=(0, None),
+                     updates_per_step=(1, None), num_envs=(1, None), gamma=(0.0, 0.9999), tau=(1e-6, 1.0),
+                     alpha=(1e-12, None), reward_scale=(0.0, None), n_experts=(1, None))
+        if self.policy not in ("gaussian", "mixture"):
+            raise ConfigError(f"SACConfig.policy={self.policy!r}; expected 'gaussian' or 'mixture'")
+        if self.buffer_size < self.num_envs:
+            raise ConfigError(f"SACConfig.buffer_size={self.buffer_size} must hold one step of num_envs={self.num_envs}")
+
+
+class SACLearner:
+    """SAC / PMOE-SAC learner. ``update(Transitions)`` returns q_loss, q_mean, target_mean, actor_loss, entropy,
+    alpha (and alpha_loss when autotuned); PMOE adds best_q_mean, router_loss, router_entropy and best_weight.
+
+    Raises:
+        ConfigError: a Discrete action space (SAC here is for continuous actions), or a given ``policy`` whose
+            class does not match ``config.policy``.
+    """
+
+    def __init__(self, config: SACConfig, observation_space: gym.Space, action_space: gym.Space, seed: int = 0,
+                 policy: Policy | None = None):
+        if not isinstance(action_space, gym.spaces.Box):
+            raise ConfigError(f"SAC needs a continuous (Box) action space, got {action_space}")
+        torch.manual_seed(seed)
+        self.config = config
+        obs_dim, act_dim = observation_space.shape[0], action_space.shape[0]
+        cls = GaussianMixturePolicy if config.policy == "mixture" else TanhGaussianPolicy
+        if policy is not None and not isinstance(policy, cls):
+            raise ConfigError(f"SAC with policy={config.policy!r} needs a {cls.__name__}, got {type(policy).__name__}")
+        if policy is not None:
+            self.policy = policy
+        elif config.policy == "mixture":
+            self.policy = make_mixture_policy(observation_space, action_space, config.n_experts, config.hidden,
+                                              config.activation, normalize_obs=False, squash=True)
+        else:
+            self.policy = TanhGaussianPolicy(obs_dim, act_dim, config.hidden, config.activation,
+                                             action_low=action_space.low.tolist(), action_high=action_space.high.tolist())
+        norm = self.policy.obs_norm
+        self.q1, self.q2, self.q1_target, self.q2_target = (
+            QNet(obs_dim, act_dim, False, config.hidden, config.activation, obs_norm=norm) for _ in range(4))
+        self.q1_target.load_state_dict(self.q1.state_dict())
+        self.q2_target.load_state_dict(self.q2.state_dict())
+        for p in (*self.q1_target.parameters(), *self.q2_target.parameters()):
+            p.requires_grad_(False)
+        self.target_entropy = float(-act_dim if config.target_entropy is None else config.target_entropy)
+        self.log_alpha = torch.tensor([float(np.log(config.alpha))], requires_grad=True)
+        self.actor_opt = torch.optim.Adam(self.policy.parameters(), lr=config.actor_lr)
+        self.critic_opt = torch.optim.Adam([*self.q1.parameters(), *self.q2.parameters()], lr=config.critic_lr)
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=config.alpha_lr)
+
+    def _min_q(self, obs: torch.Tensor, action: torch.Tensor, target: bool = False) -> torch.Tensor:
+        q1, q2 = (self.q1_target, self.q2_target) if target else (self.q1, self.q2)
+        return torch.min(q1(obs, action), q2(obs, action))
+
+    def _next_action(self, next_obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``a' ~ pi(.|s')`` and the log-density the target uses (PMOE: expert j ~ w(s') and its own density)."""
+        if not isinstance(self.policy, GaussianMixturePolicy):
+            return self.policy.sample(next_obs)
+        actions, logp, w = self.policy.expert_sample(next_obs)
+        j = torch.multinomial(w, 1)  # [B, 1]
+        return actions.gather(1, j.unsqueeze(-1).expand(-1, 1, actions.shape[-1])).squeeze(1), logp.gather(1, j).squeeze(1)
+
+    def _actor_loss(self, obs: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Actor (+ router) loss, the log-prob the temperature uses, and metrics; critic weights get no gradient."""
+        critic_params = [*self.q1.parameters(), *self.q2.parameters()]
+        for p in critic_params:
+            p.requires_grad_(False)
+        try:
+            if isinstance(self.policy, GaussianMixturePolicy):
+                actions, expert_logp, w = self.policy.expert_sample(obs)
+                b, k, a = actions.shape
+                q = self._min_q(obs.repeat_interleave(k, 0), actions.reshape(b * k, a)).reshape(b, k)
+                loss, metrics = pmoe_actor_loss(expert_logp, q, alpha)
+                r_loss, rm = pmoe_router_loss(w, q)
+                metrics.update(rm)
+                logp = expert_logp.gather(1, pmoe_best_expert(q).unsqueeze(-1)).squeeze(-1)
+                return loss + r_loss, logp, metrics
+            action, logp = self.policy.sample(obs)
+            loss, metrics = sac_actor_loss(logp, self._min_q(obs, action), alpha)
+            return loss, logp, metrics
+        finally:
+            for p in critic_params:
+                p.requires_grad_(True)
+
+    def update(self, batch: Transitions) -> dict[str, float]:
+        cfg = self.config
+        alpha = self.log_alpha.detach().exp().squeeze(0)
+        with torch.no_grad():
+            next_action, next_logp = self._next_action(batch.next_obs)
+            target = sac_target(batch.reward * cfg.reward_scale, batch.terminated,
+                                self._min_q(batch.next_obs, next_action, target=True), next_logp, alpha, cfg.gamma)
+        q_loss, metrics = sac_critic_loss(self.q1(batch.obs, batch.action), self.q2(batch.obs, batch.action), target)
+        self.critic_opt.zero_grad(set_to_none=True)
+        q_loss.backward()
+        self.critic_opt.step()
+
+        actor_loss, logp, am = self._actor_loss(batch.obs, alpha)
+        self.actor_opt.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        self.actor_opt.step()
+        metrics.update(am, alpha=float(alpha))
+
+        if cfg.autotune:
+            t_loss, tm = sac_temperature_loss(self.log_alpha, logp, self.target_entropy)
+            self.alpha_opt.zero_grad(set_to_none=True)
+            t_loss.backward()
+            self.alpha_opt.step()
+            metrics["alpha_loss"] = tm["alpha_loss"]
+        polyak_update(self.q1_target, self.q1, cfg.tau)
+        polyak_update(self.q2_target, self.q2, cfg.tau)
+        return metrics
+
+    @property
+    def alpha(self) -> float:
+        """Current temperature ``exp(log_alpha)``."""
+        return float(self.log_alpha.detach().exp())
+
+    def _modules(self) -> dict[str, torch.nn.Module]:
+        return {"policy": self.policy, "q1": self.q1, "q2": self.q2, "q1_target": self.q1_target,
+                "q2_target": self.q2_target}
+
+    def state_dict(self) -> dict:
+        state = {k: m.state_dict() for k, m in self._modules().items()}
+        state.update(actor_opt=self.actor_opt.state_dict(), critic_opt=self.critic_opt.state_dict(),
+                     alpha_opt=self.alpha_opt.state_dict(), log_alpha=self.log_alpha.detach().clone())
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, m in self._modules().items():
+            m.load_state_dict(state[k])
+        self.actor_opt.load_state_dict(state["actor_opt"])
+        self.critic_opt.load_state_dict(state["critic_opt"])
+        with torch.no_grad():
+            self.log_alpha.copy_(torch.as_tensor(state["log_alpha"]).reshape(1))
+        self.alpha_opt.load_state_dict(state["alpha_opt"])
