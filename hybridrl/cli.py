@@ -101,7 +101,8 @@ def inspect_cmd(
 
 @app.command("train")
 def train_cmd(
-    algo: str = typer.Argument(..., help="Algorithm: ppo (online), bc, iql (offline)."),
+    algo: str = typer.Argument(..., help="On-policy: ppo, npg, trpo, mdpo, replay_pg, props, hnpg (needs --dataset); "
+                               "off-policy: sac, mdpo_off; offline: bc, iql."),
     env: Optional[str] = typer.Option(None, "--env", help="Gymnasium env id (online algorithms, or evaluation env)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset directory or Minari id (offline algorithms)."),
     steps: int = typer.Option(..., "--steps", min=1, help="Environment steps (online) or gradient steps (offline)."),

@@ -145,3 +145,18 @@ def test_collect_progress_bar_goes_to_stderr(capsys):
     collect("CartPole-v1", None, 20, seed=0, progress=True)
     out = capsys.readouterr()
     assert out.out == "" and "collect CartPole-v1" in out.err
+
+
+def test_collect_with_a_tanh_gaussian_policy_records_its_exact_log_prob():
+    """Policies that are not diagonal Normal (SAC's tanh-Gaussian) sample and score with their own density."""
+    import torch
+
+    from hybridrl.nn.tanh_gaussian import TanhGaussianPolicy
+
+    policy = TanhGaussianPolicy(3, 1, (16,), "relu", True, [-2.0], [2.0])
+    ds = collect("Pendulum-v1", policy, 200, seed=3, progress=False)
+    with torch.no_grad():
+        logp = policy.log_prob(torch.as_tensor(ds.observations), torch.as_tensor(ds.actions)).numpy()
+    np.testing.assert_allclose(ds.behavior_log_prob, logp, atol=1e-5)
+    again = collect("Pendulum-v1", policy, 200, seed=3, progress=False)
+    np.testing.assert_array_equal(again.actions, ds.actions)  # seeded

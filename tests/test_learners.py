@@ -8,6 +8,7 @@ checkpoint; same seed, same result.
 from __future__ import annotations
 
 import copy
+import functools
 
 import gymnasium as gym
 import numpy as np
@@ -23,7 +24,13 @@ from hybridrl.runs import RunDir, load_checkpoint, save_checkpoint
 OBS = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
 SPACES = {"discrete": gym.spaces.Discrete(3), "continuous": gym.spaces.Box(-1.0, 1.0, (2,), np.float32)}
 SMALL = {"ppo": dict(n_steps=16, num_envs=2, minibatch_size=16, n_epochs=2), "bc": {}, "iql": dict(hidden=(32, 32)),
-         "fqe": dict(hidden=(32, 32))}
+         "fqe": dict(hidden=(32, 32)),
+         "npg": dict(n_steps=16, num_envs=2, critic_minibatch_size=16, critic_epochs=2, hidden=(16, 16)),
+         "trpo": dict(n_steps=16, num_envs=2, critic_minibatch_size=16, critic_epochs=2, hidden=(16, 16)),
+         "hnpg": dict(n_steps=16, num_envs=2, critic_iters=2, hidden=(16, 16), critic_hidden=(16, 16)),
+         "mdpo": dict(n_steps=16, num_envs=2, sgd_steps=2, vf_epochs=1, vf_minibatch_size=16, hidden=(16, 16)),
+         "replay_pg": dict(n_steps=16, num_envs=2, minibatch_size=16, n_epochs=2, n_rollouts=2, hidden=(16, 16)),
+         "mdpo_off": dict(hidden=(16, 16), old_policy_interval=1), "sac": dict(hidden=(32, 32))}
 
 
 def _actions(space, shape, g):
@@ -34,7 +41,7 @@ def _actions(space, shape, g):
 
 def _batch(algo: str, space, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    if algo == "ppo":
+    if get_algo(algo).regime == "on_policy":
         b, t = 2, 16
         term = torch.rand(b, t, generator=g) < 0.1
         return Segments(obs=torch.randn(b, t, 4, generator=g), action=_actions(space, (b, t), g),
@@ -52,7 +59,10 @@ def _make(algo: str, space, seed: int = 0, policy=None):
     config = spec.config_cls(**SMALL[algo])
     torch.manual_seed(0)  # the evaluated policy of FQE is the same in every call
     kwargs = {"policy": policy or make_policy(OBS, space, (16,))} if algo == "fqe" else {}
-    return spec.learner_cls(config, OBS, space, seed=seed, **kwargs)
+    learner = spec.learner_cls(config, OBS, space, seed=seed, **kwargs)
+    if algo == "hnpg":  # a hybrid on-policy learner: every update also gets offline transitions
+        learner.update = functools.partial(learner.update, offline=_batch("bc", space, seed=5))
+    return learner
 
 
 def _params(learner) -> dict[str, torch.Tensor]:
@@ -63,11 +73,16 @@ def _params(learner) -> dict[str, torch.Tensor]:
     return out
 
 
-CASES = [(a, s) for a in ("ppo", "bc", "iql", "fqe") for s in SPACES]
+CASES = [(a, s) for a in ("ppo", "bc", "iql", "fqe", "npg", "trpo", "hnpg", "mdpo", "replay_pg") for s in SPACES]
+CASES += [("mdpo_off", "continuous"), ("sac", "continuous")]
+SMALL["props"] = dict(n_steps=16, num_envs=2, props_n_steps=8, minibatch_size=16, props_minibatch_size=16, n_epochs=2,
+                      props_n_epochs=2, hidden=(16, 16))
+CASES += [("props", s) for s in SPACES]
 
 
 def test_registry_lists_every_learner_and_rejects_unknown():
-    assert set(algo_names()) == {"ppo", "bc", "iql", "fqe"}
+    """Every registered learner is covered by the contract below (a new one must add its SMALL/CASES entry)."""
+    assert set(algo_names()) == {a for a, _ in CASES} == set(SMALL)
     with pytest.raises(ConfigError, match="did you mean 'iql'"):
         get_algo("iqll")
 
@@ -93,7 +108,7 @@ def test_learner_contract(algo, kind, tmp_path):
         assert all(torch.equal(v, learner.policy.state_dict()[k]) for k, v in policy_before.items())
     else:
         assert any(k.startswith("policy.") for k in changed)
-    if algo in ("iql", "fqe"):  # targets move by Polyak averaging, tau of the online change
+    if algo in ("iql", "fqe", "mdpo_off", "sac"):  # targets move by Polyak averaging, tau of the online change
         tau = learner.config.tau
         for k in [k for k in before if "_target." in k and k.endswith("weight")]:
             online = k.replace("q_target.", "q_net.") if k.startswith("q_target.") else k.replace("_target", "")

@@ -29,6 +29,7 @@ def _registry() -> dict[str, AlgoSpec]:
     from hybridrl.algos.iql import IQLConfig, IQLLearner
     from hybridrl.algos.npg import NPGConfig, NPGLearner, TRPOConfig
     from hybridrl.algos.mdpo import MDPOConfig, MDPOLearner
+    from hybridrl.algos.mdpo_off import MDPOOffConfig, MDPOOffLearner
     from hybridrl.algos.ppo import PPOConfig, PPOLearner
     from hybridrl.algos.replay_pg import ReplayPGConfig, ReplayPGLearner
     from hybridrl.algos.props import PROPSConfig, PROPSLearner
@@ -43,6 +44,7 @@ def _registry() -> dict[str, AlgoSpec]:
         "iql": AlgoSpec(IQLConfig, IQLLearner, "offline"),
         "fqe": AlgoSpec(FQEConfig, FQELearner, "ope"),
         "sac": AlgoSpec(SACConfig, SACLearner, "off_policy"),
+        "mdpo_off": AlgoSpec(MDPOOffConfig, MDPOOffLearner, "off_policy"),
         "npg": AlgoSpec(NPGConfig, NPGLearner, "on_policy"),
         "trpo": AlgoSpec(TRPOConfig, NPGLearner, "on_policy"),
         "hnpg": AlgoSpec(HNPGConfig, HNPGLearner, "on_policy"),

@@ -111,7 +111,8 @@ class PROPSConfig:
         if self.n_steps % self.props_n_steps:
             raise ConfigError(f"PROPS props_n_steps={self.props_n_steps} must divide n_steps={self.n_steps}")
         if self.props_kl_direction not in KL_DIRECTIONS:
-            raise ConfigError(f"PROPSConfig.props_kl_direction={self.props_kl_direction!r}; expected one of {KL_DIRECTIONS}")
+            raise ConfigError(f"PROPSConfig.props_kl_direction={self.props_kl_direction!r}; "
+                              f"expected one of {KL_DIRECTIONS}")
         if self.props_kl_reduction not in ("mean", "sum"):
             raise ConfigError(f"PROPSConfig.props_kl_reduction={self.props_kl_reduction!r}; expected 'mean' or 'sum'")
         self.ppo_config()  # the PPO fields are range-checked by PPOConfig (ConfigError)
@@ -154,8 +155,8 @@ class PROPSLearner:
         torch.manual_seed(seed)
         self.config = config
         if policy is None and not isinstance(action_space, gym.spaces.Discrete):
-            policy = make_policy(observation_space, action_space, config.hidden, config.activation, config.normalize_obs,
-                                 log_std_init=config.log_std_init, tanh_mean=config.tanh_mean)
+            policy = make_policy(observation_space, action_space, config.hidden, config.activation,
+                                 config.normalize_obs, log_std_init=config.log_std_init, tanh_mean=config.tanh_mean)
         self.ppo = PPOLearner(config.ppo_config(), observation_space, action_space, seed=seed, policy=policy)
         self.policy, self.critic = self.ppo.policy, self.ppo.critic
         self.behavior_policy = copy.deepcopy(self.policy)
@@ -178,7 +179,8 @@ class PROPSLearner:
             raise ConfigError("PROPS does not use offline data; train it without --dataset")
         b, t = batch.reward.shape
         with torch.no_grad():
-            logp = self.policy.log_prob(batch.obs.reshape(b * t, -1), batch.action.reshape(b * t, *batch.action.shape[2:]))
+            act = batch.action.reshape(b * t, *batch.action.shape[2:])
+            logp = self.policy.log_prob(batch.obs.reshape(b * t, -1), act)
         return self.ppo.update(dataclasses.replace(batch, behavior_log_prob=logp.reshape(b, t)))
 
     @torch.no_grad()
@@ -228,7 +230,8 @@ class PROPSLearner:
                 logp = dist.log_prob(act[idx])
                 with torch.no_grad():
                     target, target_logp = _rows(target_all, idx), target_logp_all[idx]
-                    if cfg.props_target_kl is not None and float(kl_k3(logp - target_logp).mean()) > cfg.props_target_kl:
+                    kl_now = float(kl_k3(logp - target_logp).mean())
+                    if cfg.props_target_kl is not None and kl_now > cfg.props_target_kl:
                         stop = True  # checked before the step, on this minibatch (PPOROS lines 343-352)
                         break
                 kl = (policy_kl(dist, target, cfg.props_kl_reduction) if cfg.props_kl_direction == "behavior_target"

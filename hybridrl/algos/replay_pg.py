@@ -142,8 +142,8 @@ class ReplayPGLearner:
         b, t = batch.reward.shape
         values = self.critic(batch.obs.reshape(b * t, -1)).reshape(b, t)
         next_values = self.critic(batch.next_obs.reshape(b * t, -1)).reshape(b, t)
-        prox_logp = self.policy.log_prob(batch.obs.reshape(b * t, -1),
-                                         batch.action.reshape(b * t, *batch.action.shape[2:])).reshape(b, t)
+        prox_logp = self.policy.log_prob_entropy(batch.obs.reshape(b * t, -1),  # same formula as the minibatches
+                                                 batch.action.reshape(b * t, *batch.action.shape[2:]))[0].reshape(b, t)
         if cfg.correction == "vtrace":
             returns, advantages = vtrace(prox_logp - batch.behavior_log_prob, batch.reward, values, next_values,
                                          batch.terminated, batch.truncated, cfg.gamma, cfg.rho_max, cfg.c_max,

@@ -152,8 +152,10 @@ def collect(env_id: str, policy: Policy | str | Path | None, n_steps: int, seed:
                     a = np.asarray(rng.choice(len(p), p=p), dtype=np.int64)
                     return a, lambda act: math.log(p[int(act)]) if p[int(act)] > 0 else -math.inf
                 base = dist.base_dist if isinstance(dist, Independent) else dist
-                if not isinstance(base, Normal):
-                    raise PolicyError(f"collect supports Categorical and diagonal Normal policies, got {type(dist).__name__}")
+                if not isinstance(base, Normal):  # e.g. tanh-Gaussian or mixture: the policy's own sampler and density
+                    a_t = policy.sample(o)[0][0]
+                    return a_t.numpy().astype(np.float32), lambda act: float(
+                        policy.log_prob(o, torch.as_tensor(np.asarray(act, dtype=np.float32))[None])[0].detach())
                 mu, sigma = base.loc[0].double().numpy(), base.scale[0].double().numpy()
         a = mu + sigma * rng.standard_normal(mu.shape)
 
@@ -166,7 +168,10 @@ def collect(env_id: str, policy: Policy | str | Path | None, n_steps: int, seed:
     episodes: list[dict[str, Any]] = []
     total = 0
     bar = _progress(progress, env_id, int(n_steps))
+    fork = torch.random.fork_rng()  # policies that sample with torch draw from a seeded, private stream
+    fork.__enter__()
     try:
+        torch.manual_seed(int(seed))
         obs, _ = env.reset(seed=int(seed))
         while total < n_steps:
             ep: dict[str, list] = {k: [] for k in ("observations", "actions", "rewards", "terminations",
@@ -195,6 +200,7 @@ def collect(env_id: str, policy: Policy | str | Path | None, n_steps: int, seed:
             episodes.append({k: np.asarray(v) for k, v in ep.items()})
             obs, _ = env.reset()
     finally:
+        fork.__exit__(None, None, None)
         env.close()
         if bar is not None:
             bar[0].stop()

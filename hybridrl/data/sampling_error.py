@@ -52,7 +52,8 @@ def tabular_sampling_error(states: np.ndarray, actions: np.ndarray, target_probs
     emp = counts[s, a] / counts[s].sum(1)
     target = p[s, a]
     if (target <= 0).any():
-        raise ShapeError("tabular_sampling_error: the data contain an action with target probability 0 (KL is infinite)")
+        raise ShapeError("tabular_sampling_error: the data contain an action with target probability 0 "
+                         "(the KL is infinite)")
     return float(np.mean(np.log(emp) - np.log(target)))
 
 

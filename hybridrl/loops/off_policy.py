@@ -65,7 +65,8 @@ def train_off_policy(
     obs_space, act_space = envs.single_observation_space, envs.single_action_space
     learner = spec.learner_cls(config, obs_space, act_space, seed=seed)
     buffer = ReplayBuffer(config.buffer_size, obs_space, act_space)
-    run, logger = open_run(run, record or run_record(algo=algo, env_id=env_id, steps=total_steps, seed=seed, config=config), resume)
+    record = record or run_record(algo=algo, env_id=env_id, steps=total_steps, seed=seed, config=config)
+    run, logger = open_run(run, record, resume)
     modules = [m for m in vars(learner).values() if isinstance(m, torch.nn.Module)]
     step, loop_state = restore(run, learner) if (resume and run is not None) else (0, {})
     rng = np.random.default_rng(seed)
@@ -119,7 +120,8 @@ def train_off_policy(
                     metrics["episode_return"] = float(np.mean([r for r, _ in recent]))
                     metrics["episode_length"] = float(np.mean([l for _, l in recent]))
                 if step >= next_eval:
-                    metrics["eval_return"] = evaluate_policy(learner.policy, env_id, eval_episodes, seed=10_000 + step)["mean"]
+                    ev = evaluate_policy(learner.policy, env_id, eval_episodes, seed=10_000 + step)
+                    metrics["eval_return"] = ev["mean"]
                     next_eval += eval_every or total_steps + 1
                 if logger is not None and metrics:
                     logger.log(step, metrics)

@@ -55,7 +55,8 @@ class SegmentBuffer:
         """Append ``[num_envs, m, ...]`` arrays for every field in :data:`FIELDS` (raw rewards)."""
         m = block["reward"].shape[1] if block["reward"].ndim == 2 else -1
         if m < 1 or m > self.capacity or set(block) != set(FIELDS):
-            raise ShapeError(f"SegmentBuffer.add needs fields {FIELDS} shaped [{self.num_envs}, m <= {self.capacity}, ...]")
+            raise ShapeError(f"SegmentBuffer.add needs fields {FIELDS} shaped "
+                             f"[{self.num_envs}, m <= {self.capacity}, ...]")
         drop = max(0, self.size + m - self.capacity)
         for name, arr in self.data.items():
             if block[name].shape != (self.num_envs, m, *arr.shape[2:]):
@@ -66,7 +67,8 @@ class SegmentBuffer:
             arr[:, self.size - drop : self.size - drop + m] = block[name]
         self.size = self.size - drop + m
 
-    def segments(self, last: int | None = None, reward_scale: float = 1.0, reward_clip: float | None = None) -> Segments:
+    def segments(self, last: int | None = None, reward_scale: float = 1.0,
+                 reward_clip: float | None = None) -> Segments:
         """The newest ``last`` steps per env (all when None) as ``Segments [num_envs, last]``, time-ordered.
 
         Rewards are ``clip(raw * reward_scale, +-reward_clip)``.
@@ -124,7 +126,8 @@ def train_props(
     if policy is not None and (reason := policy_matches_spaces(policy, obs_space, act_space)):
         raise PolicyError(f"initial policy cannot act in {env_id}: {reason}")
     learner = get_algo(algo).learner_cls(config, obs_space, act_space, seed=seed, policy=policy)
-    run, logger = open_run(run, record or run_record(algo=algo, env_id=env_id, steps=total_steps, seed=seed, config=config), resume)
+    record = record or run_record(algo=algo, env_id=env_id, steps=total_steps, seed=seed, config=config)
+    run, logger = open_run(run, record, resume)
     modules = [m for m in vars(learner).values() if isinstance(m, torch.nn.Module)]
     scaler = RewardScaler(config.gamma) if config.normalize_reward else None
     n, m_len, t_len = config.num_envs, config.props_n_steps, config.n_steps
@@ -192,7 +195,8 @@ def train_props(
                 metrics["episode_return"] = float(np.mean([r for r, _ in recent]))
                 metrics["episode_length"] = float(np.mean([l for _, l in recent]))
             if step >= next_eval:
-                metrics["eval_return"] = evaluate_policy(learner.policy, env_id, eval_episodes, seed=10_000 + step)["mean"]
+                ev = evaluate_policy(learner.policy, env_id, eval_episodes, seed=10_000 + step)
+                metrics["eval_return"] = ev["mean"]
                 next_eval += eval_every or total_steps + 1
             if logger is not None and metrics:
                 logger.log(step, metrics)

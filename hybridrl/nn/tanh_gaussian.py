@@ -18,7 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.distributions import AffineTransform, Distribution, Independent, Normal, TanhTransform, TransformedDistribution
+from torch.distributions import (AffineTransform, Distribution, Independent, Normal, TanhTransform,
+                                 TransformedDistribution)
 
 from hybridrl.nn import _HALF_LOG_2PI, POLICY_CLASSES, ObsNormalizer, Policy, mlp
 
@@ -56,7 +57,7 @@ def squashed_log_prob(u: torch.Tensor, mu: torch.Tensor, log_std: torch.Tensor,
 
 
 def unsquash(action: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor, eps: float = ATANH_EPS) -> torch.Tensor:
-    """Pre-squash ``u = atanh(clamp((a - bias) / scale, -1 + eps, 1 - eps))`` for actions ``[..., A]`` inside the box."""
+    """Pre-squash ``u = atanh(clamp((a - bias) / scale, -1 + eps, 1 - eps))`` for actions ``[..., A]`` in the box."""
     y = ((action.to(scale.dtype) - bias) / scale).clamp(-1.0 + eps, 1.0 - eps)
     return torch.atanh(y)
 
