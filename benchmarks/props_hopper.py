@@ -65,10 +65,17 @@ def one_run(method: str, seed: int) -> dict:
             "final": curve[-1][1], "best": max(r for _, r in curve), "wall_s": time.time() - t0}
 
 
+def cpu_model() -> str:
+    import subprocess
+
+    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
+    return next((line.split(":", 1)[1].strip() for line in out if line.startswith("Model name")), platform.processor())
+
+
 def machine() -> dict:
     import mujoco
 
-    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": platform.processor(),
+    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": cpu_model(),
             "cores": os.cpu_count(), "threads": args.threads, "torch": torch.__version__, "gymnasium": gym.__version__,
             "mujoco": mujoco.__version__, "command": " ".join([os.path.relpath(sys.executable), *sys.argv])}
 

@@ -110,8 +110,15 @@ def one_run(env_id: str, seed: int, props: bool) -> dict:
             "steps": [s for s, _ in curve], "kl": [k for _, k in curve], "wall_s": time.time() - t0}
 
 
+def cpu_model() -> str:
+    import subprocess
+
+    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
+    return next((line.split(":", 1)[1].strip() for line in out if line.startswith("Model name")), platform.processor())
+
+
 def machine() -> dict:
-    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": platform.processor(),
+    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": cpu_model(),
             "cores": os.cpu_count(), "threads": args.threads, "torch": torch.__version__, "gymnasium": gym.__version__,
             "command": " ".join([os.path.relpath(sys.executable), *sys.argv])}
 

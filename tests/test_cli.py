@@ -203,3 +203,21 @@ def test_kill_then_resume_completes(tmp_path):
     assert m["step"].max() == 40960
     assert len(m["step"]) == len(set(m["step"].tolist()))  # rows after the checkpoint were replaced, not duplicated
     assert (out / "policy" / "model.safetensors").exists() and (out / "eval.json").exists()
+
+
+@pytest.mark.parametrize("algo,env,overrides", [
+    ("npg", "CartPole-v1", ["n_steps=256", "critic_minibatch_size=64", "critic_epochs=1"]),
+    ("props", "CartPole-v1", ["n_steps=128", "props_n_steps=64", "minibatch_size=64", "props_minibatch_size=32",
+                              "n_epochs=1", "props_n_epochs=1"]),
+    ("sac", "Pendulum-v1", ["learning_starts=200", "batch_size=32", "hidden=32,32"]),
+])
+def test_train_dispatches_every_loop_kind(algo, env, overrides, tmp_path):
+    """`train` reaches each loop (on-policy, PROPS, off-policy) and writes a complete, resumable run."""
+    from hybridrl.loops.train import train
+    from hybridrl.runs import latest_checkpoint
+
+    run = train(algo, tmp_path / algo, 512, env_id=env, overrides=overrides, eval_episodes=1, progress=False)
+    assert (run.policy_dir / "model.safetensors").exists() and run.eval_json.exists()
+    assert latest_checkpoint(run) is not None and read_metrics(run.metrics_csv)["step"].max() >= 512
+    train(algo, tmp_path / algo, 768, resume=True, eval_episodes=1, progress=False)
+    assert read_metrics(run.metrics_csv)["step"].max() >= 768

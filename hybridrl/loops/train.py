@@ -12,6 +12,7 @@ from hybridrl.loops.evaluate import evaluate_policy
 from hybridrl.loops.offline import train_offline
 from hybridrl.loops.off_policy import train_off_policy
 from hybridrl.loops.on_policy import train_on_policy
+from hybridrl.loops.props import train_props
 from hybridrl.nn import Policy, save_policy
 from hybridrl.runs import RunDir, apply_overrides, dataclass_from_dict, load_config, plot_curves, read_metrics
 from hybridrl.runs.report import write_report
@@ -97,9 +98,10 @@ def train(
         ds = None if dataset is None else (dataset if isinstance(dataset, Dataset) else Dataset.load(dataset))
         record = run_record(algo=algo.lower(), env_id=env_id, dataset=None if ds is None else str(ds.path), steps=steps,
                             seed=seed, config=config)
-        learner = train_on_policy(env_id, config, steps, run=run, seed=seed, resume=resume,
-                                  offline=None if ds is None else ds.transitions(),
-                                  checkpoint_every=checkpoint_every, progress=progress, record=record, algo=algo.lower())
+        loop = train_props if algo.lower() == "props" else train_on_policy  # PROPS acts with its behaviour policy
+        learner = loop(env_id, config, steps, run=run, seed=seed, resume=resume,
+                       offline=None if ds is None else ds.transitions(),
+                       checkpoint_every=checkpoint_every, progress=progress, record=record, algo=algo.lower())
     elif spec.regime == "offline":
         if dataset is None:
             raise ConfigError(f"{algo} is offline: pass --dataset DATASET")
