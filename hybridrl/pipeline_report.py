@@ -8,7 +8,12 @@ from hybridrl.runs import RunDir
 
 
 def _fmt(x) -> str:
-    return "n/a" if x is None else f"{x:.2f}"
+    """Two decimals, or three significant digits in exponent form for huge values (degenerate IS weights)."""
+    if x is None:
+        return "n/a"
+    if isinstance(x, int) and not isinstance(x, bool):
+        return str(x)
+    return f"{x:.3g}" if abs(x) >= 1e5 else f"{x:.2f}"
 
 
 def write_pipeline_report(run: RunDir, cfg: dict, summary: dict, names, estimators, results, truth, selection,
@@ -37,7 +42,7 @@ def write_pipeline_report(run: RunDir, cfg: dict, summary: dict, names, estimato
         for e in estimators:
             r = results[n][e]
             ess = r.diagnostics.get("ess") if r.diagnostics else None
-            cells.append(f"{r.estimate:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}]" + (f" ess {ess:.1f}" if ess is not None else ""))
+            cells.append(f"{_fmt(r.estimate)} [{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]" + (f" ess {ess:.1f}" if ess is not None else ""))
         t = truth[n]
         L.append(f"| {n} | {algos[n]} | {t['discounted_mean']:.2f} ± {t['discounted_std']:.2f} (return {t['mean']:.0f}) | "
                  + " | ".join(cells) + " |")

@@ -10,7 +10,6 @@ import torch
 from hybridrl.algos.fqe import FQEConfig, FQELearner
 from rollouts import collect
 from hybridrl.data.batches import Transitions
-from hybridrl.data.dataset import Dataset
 from hybridrl.envs.toy import BanditEnv, ChainEnv, TabularPolicy, chain_q
 from hybridrl.errors import ConfigError
 from hybridrl.nn import GaussianPolicy

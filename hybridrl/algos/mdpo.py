@@ -21,12 +21,13 @@ import gymnasium as gym
 import torch
 from torch.distributions import kl_divergence
 
+from hybridrl.algos.actor_critic import build_actor_critic, rollout_advantages
 from hybridrl.data.batches import Segments, Transitions
 from hybridrl.errors import ConfigError
 from hybridrl.losses import value_loss
 from hybridrl.losses.mdpo import mdpo_loss
-from hybridrl.nn import Policy, ValueNet, make_policy
-from hybridrl.ops import explained_variance, gae, normalize
+from hybridrl.nn import Policy
+from hybridrl.ops import explained_variance, normalize
 
 
 @dataclass(frozen=True)
@@ -105,11 +106,7 @@ class MDPOLearner:
                  policy: Policy | None = None):
         torch.manual_seed(seed)
         self.config = config
-        self.policy = policy or make_policy(
-            observation_space, action_space, config.hidden, config.activation, config.normalize_obs,
-            **({} if isinstance(action_space, gym.spaces.Discrete) else {"log_std_init": config.log_std_init}),
-        )
-        self.critic = ValueNet(observation_space.shape[0], config.hidden, config.activation, obs_norm=self.policy.obs_norm)
+        self.policy, self.critic = build_actor_critic(config, observation_space, action_space, policy)
         self.policy_optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.lr, eps=1e-5)
         self.value_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.value_lr)
         self.generator = torch.Generator().manual_seed(seed)
@@ -136,15 +133,8 @@ class MDPOLearner:
         if offline is not None:
             raise ConfigError("mdpo does not use offline data (no bc_coef); train without an offline dataset")
         cfg = self.config
-        with torch.no_grad():
-            b, t = batch.reward.shape
-            values = self.critic(batch.obs.reshape(b * t, -1)).reshape(b, t)
-            next_values = self.critic(batch.next_obs.reshape(b * t, -1)).reshape(b, t)
-            advantages, returns = gae(batch.reward, values, next_values, batch.terminated, batch.truncated,
-                                      cfg.gamma, cfg.gae_lambda)
+        adv, ret, old_v = rollout_advantages(self.critic, batch, cfg.gamma, cfg.gae_lambda)
         flat = batch.flatten()
-        m = batch.mask.reshape(-1)
-        adv, ret, old_v = advantages.reshape(-1)[m], returns.reshape(-1)[m], values.reshape(-1)[m]
         if cfg.normalize_advantage:
             adv = normalize(adv)
         obs, action = flat.obs, flat.action

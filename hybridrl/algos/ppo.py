@@ -22,11 +22,12 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from hybridrl.algos.actor_critic import build_actor_critic, rollout_advantages
 from hybridrl.data.batches import Segments, Transitions
 from hybridrl.losses import bc_loss, ppo_clip_loss, value_loss
-from hybridrl.nn import Policy, ValueNet, make_policy
+from hybridrl.nn import Policy
 from hybridrl.nn.mixture import make_mixture_policy
-from hybridrl.ops import explained_variance, gae, normalize
+from hybridrl.ops import explained_variance, normalize
 
 
 @dataclass(frozen=True)
@@ -119,11 +120,7 @@ class PPOLearner:
             policy = make_mixture_policy(observation_space, action_space, config.n_experts, config.hidden,
                                          config.activation, config.normalize_obs, squash=False,
                                          state_dependent_std=False, log_std_init=config.log_std_init)
-        self.policy = policy or make_policy(
-            observation_space, action_space, config.hidden, config.activation, config.normalize_obs,
-            **({} if isinstance(action_space, gym.spaces.Discrete) else {"log_std_init": config.log_std_init}),
-        )
-        self.critic = ValueNet(observation_space.shape[0], config.hidden, config.activation, obs_norm=self.policy.obs_norm)
+        self.policy, self.critic = build_actor_critic(config, observation_space, action_space, policy)
         self.optimizer = torch.optim.Adam([*self.policy.parameters(), *self.critic.parameters()], lr=config.lr, eps=1e-5)
         self.generator = torch.Generator().manual_seed(seed)
         self.bc_coef = config.bc_coef
@@ -136,15 +133,8 @@ class PPOLearner:
 
     def update(self, batch: Segments, offline: Transitions | None = None) -> dict[str, float]:
         cfg = self.config
-        with torch.no_grad():
-            b, t = batch.reward.shape
-            values = self.critic(batch.obs.reshape(b * t, -1)).reshape(b, t)
-            next_values = self.critic(batch.next_obs.reshape(b * t, -1)).reshape(b, t)
-            advantages, returns = gae(batch.reward, values, next_values, batch.terminated, batch.truncated,
-                                      cfg.gamma, cfg.gae_lambda)
+        adv, ret, old_v = rollout_advantages(self.critic, batch, cfg.gamma, cfg.gae_lambda)
         flat = batch.flatten()
-        m = batch.mask.reshape(-1)
-        adv, ret, old_v = advantages.reshape(-1)[m], returns.reshape(-1)[m], values.reshape(-1)[m]
         n = len(flat)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         sums: dict[str, float] = {}

@@ -25,11 +25,12 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from hybridrl.algos.actor_critic import build_actor_critic
 from hybridrl.data.batches import Segments, Transitions
 from hybridrl.errors import ConfigError
 from hybridrl.losses import ppo_clip_loss, value_loss
 from hybridrl.losses.replay_pg import CORRECTIONS, correction_weights, weighted_pg_loss, weighted_ppo_clip_loss
-from hybridrl.nn import Policy, ValueNet, make_policy
+from hybridrl.nn import Policy
 from hybridrl.ops import effective_sample_size, explained_variance, gae, kl_k3, normalize, vtrace
 
 
@@ -120,11 +121,7 @@ class ReplayPGLearner:
         # Networks, optimiser and generator are built exactly as PPOLearner builds them (same seed, same weights).
         torch.manual_seed(seed)
         self.config = config
-        self.policy = policy or make_policy(
-            observation_space, action_space, config.hidden, config.activation, config.normalize_obs,
-            **({} if isinstance(action_space, gym.spaces.Discrete) else {"log_std_init": config.log_std_init}),
-        )
-        self.critic = ValueNet(observation_space.shape[0], config.hidden, config.activation, obs_norm=self.policy.obs_norm)
+        self.policy, self.critic = build_actor_critic(config, observation_space, action_space, policy)
         self.optimizer = torch.optim.Adam([*self.policy.parameters(), *self.critic.parameters()], lr=config.lr, eps=1e-5)
         self.generator = torch.Generator().manual_seed(seed)
         self.rollouts: deque[Segments] = deque(maxlen=config.n_rollouts)

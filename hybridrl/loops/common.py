@@ -8,7 +8,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from hybridrl.errors import DivergenceError
 from hybridrl.runs.progress import console, progress_bar  # noqa: F401  (re-exported for the loops)
