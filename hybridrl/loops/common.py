@@ -6,8 +6,10 @@ import dataclasses
 import json
 import math
 from pathlib import Path
+from collections import deque
 from typing import Any
 
+import numpy as np
 import torch
 from hybridrl.errors import DivergenceError
 from hybridrl.runs.progress import console, progress_bar  # noqa: F401  (re-exported for the loops)
@@ -87,3 +89,26 @@ def check_finite(metrics: dict[str, float], modules: list[torch.nn.Module], step
 def json_ready(obj: Any) -> Any:
     """Convert NumPy scalars/arrays inside ``obj`` to plain Python for ``json.dumps``."""
     return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+class EpisodeStats:
+    """Undiscounted return and length of the episodes finished in ``n`` vector envs (mean of the last ``window``)."""
+
+    def __init__(self, n: int, window: int = 20):
+        self.ret, self.len = np.zeros(n), np.zeros(n, dtype=np.int64)
+        self.recent: deque[tuple[float, int]] = deque(maxlen=window)
+
+    def add(self, reward: np.ndarray, done: np.ndarray) -> None:
+        """Record one vector step: ``reward [n]`` (raw, unscaled), ``done [n]`` (terminated or truncated)."""
+        self.ret += reward
+        self.len += 1
+        for i in np.flatnonzero(done):
+            self.recent.append((float(self.ret[i]), int(self.len[i])))
+            self.ret[i], self.len[i] = 0.0, 0
+
+    def summary(self) -> dict[str, float]:
+        """``{"episode_return", "episode_length"}`` over the recent episodes (empty before the first one ends)."""
+        if not self.recent:
+            return {}
+        return {"episode_return": float(np.mean([r for r, _ in self.recent])),
+                "episode_length": float(np.mean([n for _, n in self.recent]))}

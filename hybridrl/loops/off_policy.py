@@ -8,7 +8,6 @@ vector-env step (``num_envs`` transitions) is followed by ``updates_per_step`` g
 
 from __future__ import annotations
 
-from collections import deque
 
 import gymnasium as gym
 import numpy as np
@@ -18,7 +17,7 @@ from hybridrl.algos import get_algo
 from hybridrl.data.replay import ReplayBuffer
 from hybridrl.envs import make_vec_env, true_next_obs
 from hybridrl.errors import ConfigError
-from hybridrl.loops.common import check_finite, checkpoint, console, open_run, progress_bar, restore, run_record
+from hybridrl.loops.common import EpisodeStats, check_finite, checkpoint, console, open_run, progress_bar, restore, run_record
 from hybridrl.loops.evaluate import evaluate_policy
 from hybridrl.runs import RunDir
 
@@ -79,8 +78,7 @@ def train_off_policy(
     n = config.num_envs
     discrete = isinstance(act_space, gym.spaces.Discrete)
     obs, _ = envs.reset(seed=seed + step)
-    ep_ret, ep_len = np.zeros(n), np.zeros(n, int)
-    recent: deque = deque(maxlen=20)
+    episodes = EpisodeStats(n)
     sums: dict[str, float] = {}
     count = 0
     next_log = step + log_every
@@ -101,11 +99,7 @@ def train_off_policy(
             next_obs, reward, term, trunc, infos = envs.step(action)
             done = term | trunc
             buffer.add(obs, action, reward, true_next_obs(next_obs, infos, done), term, trunc)
-            ep_ret += reward
-            ep_len += 1
-            for i in np.flatnonzero(done):
-                recent.append((ep_ret[i], ep_len[i]))
-                ep_ret[i], ep_len[i] = 0.0, 0
+            episodes.add(reward, done)
             obs = next_obs
             step += n
             if step >= config.learning_starts:
@@ -116,9 +110,7 @@ def train_off_policy(
             if step >= next_log or step >= total_steps:
                 metrics = means()
                 check_finite(metrics, modules, step, run)
-                if recent:
-                    metrics["episode_return"] = float(np.mean([r for r, _ in recent]))
-                    metrics["episode_length"] = float(np.mean([l for _, l in recent]))
+                metrics.update(episodes.summary())
                 if step >= next_eval:
                     ev = evaluate_policy(learner.policy, env_id, eval_episodes, seed=10_000 + step)
                     metrics["eval_return"] = ev["mean"]

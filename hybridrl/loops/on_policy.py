@@ -7,7 +7,6 @@ Any learner registered with regime ``on_policy`` runs here. Its config provides 
 
 from __future__ import annotations
 
-from collections import deque
 
 import numpy as np
 import torch
@@ -16,7 +15,7 @@ from hybridrl.algos import get_algo
 from hybridrl.data.batches import Segments, Transitions
 from hybridrl.envs import RewardScaler, make_vec_env, true_next_obs
 from hybridrl.errors import PolicyError
-from hybridrl.loops.common import check_finite, checkpoint, console, open_run, progress_bar, restore, run_record
+from hybridrl.loops.common import EpisodeStats, check_finite, checkpoint, console, open_run, progress_bar, restore, run_record
 from hybridrl.loops.evaluate import evaluate_policy
 from hybridrl.nn import Policy, policy_matches_spaces
 from hybridrl.runs import RunDir
@@ -83,8 +82,7 @@ def train_on_policy(
     buf_act = np.zeros((t_len, n, *act_shape), np.int64 if learner.policy.discrete else np.float32)
     buf_rew, buf_logp = np.zeros((t_len, n), np.float32), np.zeros((t_len, n), np.float32)
     buf_term, buf_trunc = np.zeros((t_len, n), bool), np.zeros((t_len, n), bool)
-    ep_ret, ep_len = np.zeros(n), np.zeros(n, int)
-    recent = deque(maxlen=20)
+    episodes = EpisodeStats(n)
     next_ckpt = step + (checkpoint_every or total_steps)
     next_eval = step + (eval_every or total_steps + 1)
     with progress_bar(progress) as bar:
@@ -99,11 +97,7 @@ def train_on_policy(
                 buf_next[t] = true_next_obs(next_obs, infos, done)
                 buf_term[t], buf_trunc[t] = term, trunc
                 buf_rew[t] = scaler(reward, done) if scaler is not None else reward
-                ep_ret += reward
-                ep_len += 1
-                for i in np.flatnonzero(done):
-                    recent.append((ep_ret[i], ep_len[i]))
-                    ep_ret[i], ep_len[i] = 0.0, 0
+                episodes.add(reward, done)
                 obs = next_obs
             seg = Segments(
                 obs=torch.from_numpy(buf_obs.swapaxes(0, 1)), action=torch.from_numpy(buf_act.swapaxes(0, 1)),
@@ -116,9 +110,7 @@ def train_on_policy(
             check_finite(metrics, modules, step, run)
             if update_norm:
                 norm.update(buf_obs.reshape(-1, *obs_shape))
-            if recent:
-                metrics["episode_return"] = float(np.mean([r for r, _ in recent]))
-                metrics["episode_length"] = float(np.mean([l for _, l in recent]))
+            metrics.update(episodes.summary())
             if step >= next_eval:
                 ev = evaluate_policy(learner.policy, env_id, eval_episodes, seed=10_000 + step)
                 metrics["eval_return"] = ev["mean"]

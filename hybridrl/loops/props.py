@@ -10,7 +10,6 @@ update, as PPOROS re-normalises its buffer.
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Callable
 
 import numpy as np
@@ -20,7 +19,7 @@ from hybridrl.algos import get_algo
 from hybridrl.data.batches import Segments, Transitions
 from hybridrl.envs import RewardScaler, make_vec_env, true_next_obs
 from hybridrl.errors import ConfigError, PolicyError, ShapeError
-from hybridrl.loops.common import check_finite, checkpoint, console, open_run, progress_bar, restore, run_record
+from hybridrl.loops.common import EpisodeStats, check_finite, checkpoint, console, open_run, progress_bar, restore, run_record
 from hybridrl.loops.evaluate import evaluate_policy
 from hybridrl.nn import Policy, policy_matches_spaces
 from hybridrl.runs import RunDir
@@ -150,8 +149,7 @@ def train_props(
         norm.update(obs)
         learner.reset_behavior()
     blk = {k: np.zeros((m_len, *v.shape[:1], *v.shape[2:]), v.dtype) for k, v in buffer.data.items()}
-    ep_ret, ep_len = np.zeros(n), np.zeros(n, int)
-    recent = deque(maxlen=20)
+    episodes = EpisodeStats(n)
     next_ckpt = step + (checkpoint_every or total_steps)
     next_eval = step + (eval_every or total_steps + 1)
     with progress_bar(progress) as bar:
@@ -168,11 +166,7 @@ def train_props(
                 blk["terminated"][t], blk["truncated"][t], blk["reward"][t] = term, trunc, reward
                 if scaler is not None:
                     scaler(reward, done)  # only updates the running statistics; the buffer keeps raw rewards
-                ep_ret += reward
-                ep_len += 1
-                for i in np.flatnonzero(done):
-                    recent.append((ep_ret[i], ep_len[i]))
-                    ep_ret[i], ep_len[i] = 0.0, 0
+                episodes.add(reward, done)
                 obs = next_obs
             buffer.add(**{k: v.swapaxes(0, 1) for k, v in blk.items()})
             step += n * m_len
@@ -191,9 +185,7 @@ def train_props(
             check_finite(metrics, modules, step, run)
             if callback is not None:
                 metrics.update(callback(step, learner, buffer) or {})
-            if recent:
-                metrics["episode_return"] = float(np.mean([r for r, _ in recent]))
-                metrics["episode_length"] = float(np.mean([l for _, l in recent]))
+            metrics.update(episodes.summary())
             if step >= next_eval:
                 ev = evaluate_policy(learner.policy, env_id, eval_episodes, seed=10_000 + step)
                 metrics["eval_return"] = ev["mean"]

@@ -72,8 +72,8 @@ def mean_policy_kl(old_dist: Distribution, new_dist: Distribution, mask: Tensor 
         new_dist: the current policy's distributions at the same states, batch shape ``[B]``.
         mask: optional bool ``[B]``.
     Returns: ``(kl, {"kl": float})``, ``kl`` a 0-d tensor differentiable w.r.t. ``new_dist``'s parameters.
-    Raises: ShapeError unless the per-state KL has shape ``[B]``; NotImplementedError (from torch) for a pair
-        of distribution types without a registered closed form.
+    Raises: ShapeError unless the per-state KL has shape ``[B]``; torch's error for a pair of distribution
+        types without a registered closed-form KL.
     Source: Schulman et al. (2015) TRPO, eq. 12 (the mean-KL constraint).
     """
     kl = kl_divergence(old_dist, new_dist)
