@@ -10,7 +10,17 @@ Modes
   profile  where hybridrl's time goes: policy.act, env.step, one PPO update (synthetic 2048-step
            rollout), plus SB3's policy forward and ``train()`` on one rollout for comparison.
 
-CleanRL is not measured here (not installed; its script is not vendored into this repo).
+CleanRL is not a dependency and its script is not vendored. To include it in ``speed`` mode, give a Python that
+can run CleanRL 1.2.0's ``ppo_continuous_action.py`` (it needs gymnasium 0.29, so it runs the ``-v4`` envs):
+
+    python3.11 -m venv /tmp/crl && /tmp/crl/bin/pip install torch==2.13.0 "gymnasium[mujoco]==0.29.1" tensorboard
+    pip download cleanrl==1.2.0 --no-deps --ignore-requires-python -d /tmp/crl_whl && unzip /tmp/crl_whl/*.whl -d /tmp/crl_src
+    ... --envs Hopper-v4 --cleanrl-python /tmp/crl/bin/python --cleanrl-script /tmp/crl_src/cleanrl/ppo_continuous_action.py
+
+Each pair then becomes a triple (hybridrl, SB3, CleanRL in a subprocess with the same thread count). CleanRL's
+steps/s is the ``SPS`` it prints (clock started after its env and model are built, which slightly favours it);
+hybridrl's and SB3's include construction. The raw env step rate with random actions is measured in both Pythons
+(``env_only_sps``), so the difference between Gymnasium versions is visible.
 """
 
 from __future__ import annotations
@@ -38,6 +48,8 @@ p.add_argument("--anchor-returns", action="store_true", help="also train SB3 PPO
 p.add_argument("--eval-episodes", type=int, default=10)
 p.add_argument("--profile", action="store_true", help="time rollout pieces vs update (instead of --mode)")
 p.add_argument("--profile-repeats", type=int, default=5)
+p.add_argument("--cleanrl-python", default=None, help="Python able to run CleanRL's script (see above)")
+p.add_argument("--cleanrl-script", default=None, help="path to CleanRL 1.2.0 ppo_continuous_action.py")
 p.add_argument("--out", default=None, help="results JSON (default benchmarks/results/ppo_<mode>.json)")
 args = p.parse_args()
 os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
@@ -128,7 +140,41 @@ def mean_se(xs: list[float]) -> str:
     return f"{m:,.1f} ± {float(np.std(xs, ddof=1)) / len(xs) ** 0.5:,.1f}" if len(xs) > 1 else f"{m:,.1f} (1 seed)"
 
 
+ENV_ONLY = """
+import sys, time, numpy as np, gymnasium as gym
+env = gym.make(sys.argv[1]); env.reset(seed=0)
+acts = np.random.default_rng(0).uniform(-1, 1, (int(sys.argv[2]),) + env.action_space.shape)
+t0 = time.perf_counter()
+for a in acts:
+    _, _, term, trunc, _ = env.step(a)
+    if term or trunc:
+        env.reset()
+print(len(acts) / (time.perf_counter() - t0))
+"""
+
+
+def env_only_sps(python: str, env_id: str, steps: int = 20480) -> float:
+    """Steps/s of ``gym.make(env_id)`` with random actions in ``python`` (no learning)."""
+    out = subprocess.run([python, "-c", ENV_ONLY, env_id, str(steps)], capture_output=True, text=True, check=True,
+                         env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def run_cleanrl(env_id: str, steps: int, seed: int) -> tuple[int, float, float]:
+    """CleanRL's script in a subprocess: ``(steps, its last printed SPS, subprocess wall seconds)``."""
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="cleanrl_") as cwd:  # it writes runs/ (TensorBoard) into the cwd
+        out = subprocess.run([args.cleanrl_python, args.cleanrl_script, "--env-id", env_id, "--total-timesteps",
+                              str(steps), "--seed", str(seed), "--cuda", "False", "--track", "False"],
+                             cwd=cwd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+    if out.returncode:
+        raise RuntimeError(f"CleanRL failed ({out.returncode}): {out.stderr[-2000:]}")
+    sps = [float(l.split(":", 1)[1]) for l in out.stdout.splitlines() if l.startswith("SPS:")]
+    return whole_rollouts(steps), sps[-1], time.perf_counter() - t0
+
+
 def speed(env_id: str) -> dict:
+    cleanrl = args.cleanrl_python is not None
     # Warm-up: one rollout each (imports, allocator, MuJoCo model load), not recorded.
     run_hybrid(env_id, 2048, 99)
     run_sb3(env_id, 2048, 99)
@@ -139,11 +185,21 @@ def speed(env_id: str) -> dict:
         pair = {"pair": i, "seed": i, "hybridrl_steps": n_h, "hybridrl_s": t_h, "hybridrl_sps": n_h / t_h,
                 "sb3_steps": n_s, "sb3_s": t_s, "sb3_sps": n_s / t_s}
         pair["ratio"] = pair["hybridrl_sps"] / pair["sb3_sps"]
+        line = (f"[speed] {env_id} pair {i}: hybridrl {pair['hybridrl_sps']:,.0f} steps/s, "
+                f"SB3 {pair['sb3_sps']:,.0f} steps/s, ratio {pair['ratio']:.3f}")
+        if cleanrl:
+            n_c, sps_c, wall_c = run_cleanrl(env_id, args.speed_steps, i)
+            pair.update(cleanrl_steps=n_c, cleanrl_sps=sps_c, cleanrl_wall_s=wall_c,
+                        ratio_cleanrl=pair["hybridrl_sps"] / sps_c)
+            line += f"; CleanRL {sps_c:,.0f} steps/s, ratio {pair['ratio_cleanrl']:.3f}"
         pairs.append(pair)
-        print(f"[speed] {env_id} pair {i}: hybridrl {pair['hybridrl_sps']:,.0f} steps/s, "
-              f"SB3 {pair['sb3_sps']:,.0f} steps/s, ratio {pair['ratio']:.3f}", flush=True)
-    med = {k: statistics.median(p[k] for p in pairs) for k in ("hybridrl_sps", "sb3_sps", "ratio")}
-    return {"env_id": env_id, "pairs": pairs, "median": med}
+        print(line, flush=True)
+    keys = ["hybridrl_sps", "sb3_sps", "ratio"] + (["cleanrl_sps", "ratio_cleanrl"] if cleanrl else [])
+    med = {k: statistics.median(p[k] for p in pairs) for k in keys}
+    env_only = {"hybridrl_python": env_only_sps(sys.executable, env_id)}
+    if cleanrl:
+        env_only["cleanrl_python"] = env_only_sps(args.cleanrl_python, env_id)
+    return {"env_id": env_id, "pairs": pairs, "median": med, "env_only_sps": env_only}
 
 
 def returns(results: dict, out: str) -> None:
@@ -194,7 +250,8 @@ def profile(env_id: str) -> dict:
             ts.append(time.perf_counter() - t0)
         return statistics.median(ts)
 
-    act_s = timed(lambda: [learner.policy.act(ob[i]) for i in range(n)])
+    act = learner.policy.sampler()  # what train_on_policy calls per step (log-probs come batched after the rollout)
+    act_s = timed(lambda: [act(ob[i]) for i in range(n)])
     rand = np.random.default_rng(0).uniform(-1, 1, (n, 1, 3)).astype(np.float32)
     env_s = timed(lambda: [envs.step(rand[i]) for i in range(n)])
     seg = Segments(obs=torch.from_numpy(np.stack(buf["obs"])[None]), action=torch.from_numpy(np.stack(buf["act"])[None]),
@@ -242,12 +299,16 @@ def report(results: dict) -> None:
     print(f"\n{m['date']} | {m['cpu']}, {m['cores']} cores, {m['threads']} thread(s) | torch {m['torch']}, "
           f"gymnasium {m['gymnasium']}, mujoco {m['mujoco']}, SB3 {m['stable_baselines3']}\n`{m['command']}`\n")
     for s in results.get("speed", []):
-        print(f"| {s['env_id']} pair | hybridrl steps/s | SB3 steps/s | ratio hybridrl/SB3 |\n| --- | --- | --- | --- |")
-        for q in s["pairs"]:
-            print(f"| {q['pair']} | {q['hybridrl_sps']:,.0f} | {q['sb3_sps']:,.0f} | {q['ratio']:.3f} |")
-        md = s["median"]
-        print(f"| **median** | {md['hybridrl_sps']:,.0f} | {md['sb3_sps']:,.0f} | **{md['ratio']:.3f}** |\n")
-        print("CleanRL: not measured in this run (not installed; not run from a fetched copy).\n")
+        c = "cleanrl_sps" in s["median"]
+        extra = (" CleanRL steps/s | ratio hybridrl/CleanRL |", " --- | --- |") if c else ("", "")
+        print(f"| {s['env_id']} pair | hybridrl steps/s | SB3 steps/s | ratio hybridrl/SB3 |{extra[0]}\n"
+              f"| --- | --- | --- | --- |{extra[1]}")
+        for q in s["pairs"] + [dict(s["median"], pair="**median**")]:
+            row = f"| {q['pair']} | {q['hybridrl_sps']:,.0f} | {q['sb3_sps']:,.0f} | {q['ratio']:.3f} |"
+            print(row + (f" {q['cleanrl_sps']:,.0f} | {q['ratio_cleanrl']:.3f} |" if c else ""))
+        env_only = ", ".join(f"{k} {v:,.0f}" for k, v in s.get("env_only_sps", {}).items())
+        print(f"\nEnv alone (random actions, gym.make, steps/s): {env_only}." + (
+            "" if c else " CleanRL: not in this run (pass --cleanrl-python/--cleanrl-script).") + "\n")
     if results.get("returns"):
         print("| lib | env | seeds | steps | final deterministic eval (mean ± s.e.) | last training return | wall min |")
         print("| --- | --- | --- | --- | --- | --- | --- |")
@@ -262,7 +323,7 @@ def report(results: dict) -> None:
         print(f"\nProfile {pr['env_id']}, per {pr['rollout_steps']}-step rollout (median of {pr['repeats']}):")
         print("| piece | hybridrl s | SB3 s |\n| --- | --- | --- |")
         h, s = pr["hybridrl"], pr["sb3"]
-        rows = [("policy forward x2048 (act / policy())", h["policy_act_s"], s["policy_forward_s"]),
+        rows = [("policy forward x2048 (sampler / policy())", h["policy_act_s"], s["policy_forward_s"]),
                 ("env.step x2048, random actions (SyncVectorEnv / VecNormalize(DummyVecEnv))", h["env_step_s"], s["env_step_s"]),
                 ("update: 10 epochs x 32 minibatches (update / train())", h["update_s"], s["train_s"]),
                 ("other (bookkeeping, GAE, normalisers; by difference)", h["other_s"], s["other_s"]),

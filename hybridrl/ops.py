@@ -359,6 +359,8 @@ def masked_mean(x: Tensor, mask: Tensor | None = None, dim: int | tuple[int, ...
     Shapes as :func:`masked_sum`; raises ShapeError on shape/dtype mismatch.
     """
     _check_mask("masked_mean", x, mask)
+    if mask is None and dim is None and not keepdim and x.numel():  # fast path (PPO minibatches): one op, one backward node
+        return x.mean()
     return masked_sum(x, mask, dim, keepdim) / _count(x, mask, dim, keepdim).clamp(min=1)
 
 
@@ -371,6 +373,8 @@ def masked_var(
     (1 for ``unbiased=False``) give 0 instead of NaN. Raises ShapeError on shape/dtype mismatch.
     """
     _check_mask("masked_var", x, mask)
+    if mask is None and dim is None and not keepdim and x.numel() > (1 if unbiased else 0):  # fast path, same value
+        return x.var(unbiased=unbiased)
     mean = masked_mean(x, mask, dim, keepdim=True)
     sq = masked_sum((x - mean).square(), mask, dim, keepdim)
     n = _count(x, mask, dim, keepdim)

@@ -294,6 +294,20 @@ def test_masked_reductions_random():
     close(masked_var(x, m, dim=1), [x[i][m[i]].var() for i in range(6)], 1e-12)
 
 
+def test_unmasked_fast_paths_agree_with_the_general_rule():
+    # mask=None, dim=None takes x.mean()/x.var(); the general path (an all-True mask) must give the same values,
+    # and the edge cases keep their documented results (empty -> 0, one entry -> variance 0, keepdim shape).
+    x = torch.randn(5, 7, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    ones = torch.ones_like(x, dtype=torch.bool)
+    close(masked_mean(x), masked_mean(x, ones), 1e-12)
+    close(masked_var(x), masked_var(x, ones), 1e-12)
+    close(masked_var(x, unbiased=False), masked_var(x, ones, unbiased=False), 1e-12)
+    assert masked_mean(x, keepdim=True).shape == (1, 1)
+    close(masked_mean(torch.zeros(0)), 0.0)
+    close(masked_var(t([2.0])), 0.0)
+    close(masked_var(t([2.0]), unbiased=False), 0.0)
+
+
 def test_masked_reductions_errors():
     x = torch.zeros(3, 4)
     with pytest.raises(ShapeError):

@@ -121,7 +121,8 @@ class PPOLearner:
                                          config.activation, config.normalize_obs, squash=False,
                                          state_dependent_std=False, log_std_init=config.log_std_init)
         self.policy, self.critic = build_actor_critic(config, observation_space, action_space, policy)
-        self.optimizer = torch.optim.Adam([*self.policy.parameters(), *self.critic.parameters()], lr=config.lr, eps=1e-5)
+        self.params = [*self.policy.parameters(), *self.critic.parameters()]
+        self.optimizer = torch.optim.Adam(self.params, lr=config.lr, eps=1e-5, fused=True)  # fused: one kernel per step
         self.generator = torch.Generator().manual_seed(seed)
         self.bc_coef = config.bc_coef
 
@@ -136,19 +137,20 @@ class PPOLearner:
         adv, ret, old_v = rollout_advantages(self.critic, batch, cfg.gamma, cfg.gae_lambda)
         flat = batch.flatten()
         n = len(flat)
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        data = (flat.obs, flat.action, flat.behavior_log_prob, adv, ret, old_v)
         sums: dict[str, float] = {}
         count, stopped_epoch = 0, cfg.n_epochs
         for epoch in range(cfg.n_epochs):
+            # One gather per epoch, then contiguous minibatch views (fewer ops than indexing every minibatch).
             perm = torch.randperm(n, generator=self.generator)
+            shuffled = [x[perm] for x in data]
             epoch_kl = []
             for start in range(0, n, cfg.minibatch_size):
-                idx = perm[start : start + cfg.minibatch_size]
-                obs = flat.obs[idx]
-                logp, entropy = self.policy.log_prob_entropy(obs, flat.action[idx])
-                mb_adv = normalize(adv[idx]) if cfg.normalize_advantage else adv[idx]
-                pg_loss, metrics = ppo_clip_loss(logp, flat.behavior_log_prob[idx], mb_adv, cfg.clip_ratio)
-                v_loss, vm = value_loss(self.critic(obs), ret[idx], old_v[idx], cfg.clip_ratio if cfg.clip_value else None)
+                obs, action, behavior_logp, mb_adv, mb_ret, mb_old_v = (x[start : start + cfg.minibatch_size] for x in shuffled)
+                logp, entropy = self.policy.log_prob_entropy(obs, action)
+                mb_adv = normalize(mb_adv) if cfg.normalize_advantage else mb_adv
+                pg_loss, metrics = ppo_clip_loss(logp, behavior_logp, mb_adv, cfg.clip_ratio)
+                v_loss, vm = value_loss(self.critic(obs), mb_ret, mb_old_v, cfg.clip_ratio if cfg.clip_value else None)
                 entropy = entropy.mean()
                 loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy
                 metrics.update(vm, entropy=float(entropy.detach()))
@@ -159,7 +161,7 @@ class PPOLearner:
                     metrics.update(bm)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm, foreach=True)
                 self.optimizer.step()
                 metrics["grad_norm"] = float(grad_norm)
                 for k, v in metrics.items():

@@ -13,6 +13,7 @@ Only Gymnasium and NumPy are imported here; MuJoCo is loaded by Gymnasium when a
 from __future__ import annotations
 
 import difflib
+import math
 from typing import Any, Sequence
 
 import gymnasium as gym
@@ -228,15 +229,15 @@ class RewardScaler:
             raise ShapeError(f"RewardScaler was used with {self.returns.shape[0]} envs, now {r.shape[0]}")
         self.returns = self.returns * self.gamma + r
         self._update(self.returns)
-        scaled = r / np.sqrt(self.var + self.epsilon)
+        scaled = r / math.sqrt(self.var + self.epsilon)
         if self.clip is not None:
-            scaled = np.clip(scaled, -self.clip, self.clip)
+            scaled = np.minimum(np.maximum(scaled, -self.clip), self.clip)
         self.returns[d] = 0.0
         return scaled
 
     def _update(self, x: np.ndarray) -> None:
         n = x.shape[0]
-        b_mean, b_var = float(x.mean()), float(x.var())
+        b_mean, b_var = (float(x[0]), 0.0) if n == 1 else (float(x.mean()), float(x.var()))  # n == 1: skip NumPy reductions
         delta = b_mean - self.mean
         tot = self.count + n
         m2 = self.var * self.count + b_var * n + delta * delta * self.count * n / tot

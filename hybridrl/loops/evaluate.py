@@ -33,12 +33,13 @@ def evaluate_policy(policy: Policy, env_id: str, episodes: int = 10, seed: int =
     if reason:
         env.close()
         raise PolicyError(f"policy cannot act in {env_id}: {reason}")
+    act = policy.sampler(deterministic=deterministic)
     returns, disc_returns, lengths = [], [], []
     for i in range(episodes):
         obs, _ = env.reset(seed=seed + i)
         total, disc, discount, t, done = 0.0, 0.0, 1.0, 0, False
         while not done:
-            action, _ = policy.act(obs, deterministic=deterministic)
+            action = act(obs)
             obs, reward, terminated, truncated, _ = env.step(action)
             total += float(reward)
             disc += discount * float(reward)

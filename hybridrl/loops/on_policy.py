@@ -80,7 +80,7 @@ def train_on_policy(
     buf_obs = np.zeros((t_len, n, *obs_shape), np.float32)
     buf_next = np.zeros_like(buf_obs)
     buf_act = np.zeros((t_len, n, *act_shape), np.int64 if learner.policy.discrete else np.float32)
-    buf_rew, buf_logp = np.zeros((t_len, n), np.float32), np.zeros((t_len, n), np.float32)
+    buf_rew = np.zeros((t_len, n), np.float32)
     buf_term, buf_trunc = np.zeros((t_len, n), bool), np.zeros((t_len, n), bool)
     episodes = EpisodeStats(n)
     next_ckpt = step + (checkpoint_every or total_steps)
@@ -89,16 +89,21 @@ def train_on_policy(
         task = bar.add_task(f"{algo} {env_id}", total=total_steps, completed=step, info="")
         while step < total_steps:
             learner.set_progress(step / total_steps)
+            act = learner.policy.sampler()  # weights are fixed during the rollout
             for t in range(t_len):
-                action, logp = learner.policy.act(obs)
+                action = act(obs)
                 next_obs, reward, term, trunc, infos = envs.step(action)
                 done = term | trunc
-                buf_obs[t], buf_act[t], buf_logp[t] = obs, action, logp
+                buf_obs[t], buf_act[t] = obs, action
                 buf_next[t] = true_next_obs(next_obs, infos, done)
                 buf_term[t], buf_trunc[t] = term, trunc
                 buf_rew[t] = scaler(reward, done) if scaler is not None else reward
                 episodes.add(reward, done)
                 obs = next_obs
+            with torch.no_grad():  # behaviour log-probs of the whole rollout in one batched pass
+                buf_logp = learner.policy.log_prob(torch.from_numpy(buf_obs.reshape(n * t_len, *obs_shape)),
+                                                   torch.from_numpy(buf_act.reshape(n * t_len, *act_shape))
+                                                   ).numpy().reshape(t_len, n)
             seg = Segments(
                 obs=torch.from_numpy(buf_obs.swapaxes(0, 1)), action=torch.from_numpy(buf_act.swapaxes(0, 1)),
                 reward=torch.from_numpy(buf_rew.T), next_obs=torch.from_numpy(buf_next.swapaxes(0, 1)),
