@@ -157,17 +157,21 @@ def train_props(
         while step < total_steps:
             learner.set_progress(step / total_steps)
             actor = learner.behavior_policy if config.props else learner.policy
+            act = actor.sampler()  # weights are fixed during the block
             for t in range(m_len):
-                action, logp = actor.act(obs)
+                action = act(obs)
                 next_obs, reward, term, trunc, infos = envs.step(action)
                 done = term | trunc
-                blk["obs"][t], blk["action"][t], blk["behavior_log_prob"][t] = obs, action, logp
+                blk["obs"][t], blk["action"][t] = obs, action
                 blk["next_obs"][t] = true_next_obs(next_obs, infos, done)
                 blk["terminated"][t], blk["truncated"][t], blk["reward"][t] = term, trunc, reward
                 if scaler is not None:
                     scaler(reward, done)  # only updates the running statistics; the buffer keeps raw rewards
                 episodes.add(reward, done)
                 obs = next_obs
+            with torch.no_grad():  # behaviour log-probs of the block in one batched pass
+                flat_obs, flat_act = (torch.from_numpy(blk[k].reshape(m_len * n, *blk[k].shape[2:])) for k in ("obs", "action"))
+                blk["behavior_log_prob"][:] = actor.log_prob(flat_obs, flat_act).numpy().reshape(m_len, n)
             buffer.add(**{k: v.swapaxes(0, 1) for k, v in blk.items()})
             step += n * m_len
             scale, clip = (1.0 / scaler.std, scaler.clip) if scaler is not None else (1.0, None)
