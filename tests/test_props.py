@@ -99,7 +99,7 @@ def test_policy_kl_categorical_and_gaussian_by_hand():
 # ------------------------------------------------------------------------------------------------ learner
 def test_config_checks():
     with pytest.raises(ConfigError, match="props_n_steps"):
-        PROPSConfig(n_steps=100, props_n_steps=30)
+        PROPSConfig(n_steps=100, props_n_steps=30, minibatch_size=50)
     with pytest.raises(ConfigError, match="props_kl_direction"):
         PROPSConfig(props_kl_direction="forward")
     with pytest.raises(ConfigError, match="minibatch_size"):

@@ -1,6 +1,8 @@
-"""What on-policy actor-critic learners share: building the actor and critic, and GAE over a rollout."""
+"""What on-policy actor-critic learners share: their config fields, building the actor and critic, GAE over a rollout."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import gymnasium as gym
 import torch
@@ -8,6 +10,77 @@ import torch
 from hybridrl.data.batches import Segments
 from hybridrl.nn import Policy, ValueNet, make_policy
 from hybridrl.ops import gae
+
+
+@dataclass(frozen=True)
+class ActorCriticConfig:
+    """The PPO-style fields shared by :class:`PPOConfig`, :class:`ReplayPGConfig` and :class:`PROPSConfig`.
+
+    Defaults are CleanRL's MuJoCo PPO settings (subclasses may change them).
+
+    Attributes:
+        lr: Adam learning rate (> 0), linearly annealed to 0 when ``anneal_lr``.
+        anneal_lr: linear learning-rate decay over the run.
+        num_envs: parallel environments (rollout width ``B``).
+        n_steps: steps per env per rollout (``T``); a rollout holds ``num_envs * n_steps`` steps.
+        n_epochs: passes over the training data per update.
+        minibatch_size: transitions per gradient step (must divide ``num_envs * n_steps``).
+        gamma: discount in [0, 1).
+        gae_lambda: GAE lambda in [0, 1].
+        clip_ratio: epsilon of the clipped surrogate (> 0), also the value-clip range when ``clip_value``.
+        clip_value: clip the value update to ``+-clip_ratio`` around the value at collection / update start.
+        ent_coef: entropy bonus coefficient (>= 0).
+        vf_coef: value-loss coefficient (>= 0).
+        max_grad_norm: global gradient-norm clip (> 0).
+        target_kl: stop the epochs of an update once an epoch's mean approx-KL exceeds this (nats); None disables.
+        normalize_advantage: normalise advantages per minibatch.
+        hidden: hidden widths of actor and critic.
+        activation: "tanh" or "relu".
+        log_std_init: initial log standard deviation of Gaussian policies.
+        normalize_obs: running observation normalisation (statistics saved with the policy).
+        normalize_reward: scale rewards by the running std of the discounted return (clip +-10).
+    Raises:
+        ConfigError: a field out of range, or ``minibatch_size`` not dividing the rollout.
+    """
+
+    lr: float = 3e-4
+    anneal_lr: bool = True
+    num_envs: int = 1
+    n_steps: int = 2048
+    n_epochs: int = 10
+    minibatch_size: int = 64
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_ratio: float = 0.2
+    clip_value: bool = True
+    ent_coef: float = 0.0
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    target_kl: float | None = None
+    normalize_advantage: bool = True
+    hidden: tuple[int, ...] = (64, 64)
+    activation: str = "tanh"
+    log_std_init: float = 0.0
+    normalize_obs: bool = True
+    normalize_reward: bool = True
+
+    def __post_init__(self) -> None:
+        from hybridrl.algos import check_config
+        from hybridrl.errors import ConfigError
+
+        check_config(self, lr=(1e-12, None), num_envs=(1, None), n_steps=(1, None), n_epochs=(1, None),
+                     clip_ratio=(1e-6, None), ent_coef=(0.0, None), vf_coef=(0.0, None), max_grad_norm=(1e-12, None),
+                     target_kl=(0.0, None), gae_lambda=(0.0, 1.0))
+        if not 0.0 <= self.gamma < 1.0:
+            raise ConfigError(f"{type(self).__name__}.gamma={self.gamma!r}; expected 0 <= gamma < 1")
+        if self.minibatch_size <= 0 or self.rollout_size % self.minibatch_size:
+            raise ConfigError(f"{type(self).__name__}.minibatch_size={self.minibatch_size} must divide "
+                              f"num_envs * n_steps = {self.rollout_size}")
+
+    @property
+    def rollout_size(self) -> int:
+        """Environment steps per rollout (``num_envs * n_steps``)."""
+        return self.num_envs * self.n_steps
 
 
 def build_actor_critic(config, observation_space: gym.Space, action_space: gym.Space,

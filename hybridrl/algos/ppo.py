@@ -22,7 +22,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from hybridrl.algos.actor_critic import build_actor_critic, rollout_advantages
+from hybridrl.algos.actor_critic import ActorCriticConfig, build_actor_critic, rollout_advantages
 from hybridrl.data.batches import Segments, Transitions
 from hybridrl.losses import bc_loss, ppo_clip_loss, value_loss
 from hybridrl.nn import Policy
@@ -31,30 +31,10 @@ from hybridrl.ops import explained_variance, normalize
 
 
 @dataclass(frozen=True)
-class PPOConfig:
-    """PPO hyperparameters; defaults are CleanRL's MuJoCo settings.
+class PPOConfig(ActorCriticConfig):
+    """PPO hyperparameters: the shared fields of :class:`ActorCriticConfig` (CleanRL's MuJoCo defaults) plus
 
     Attributes:
-        lr: Adam learning rate (> 0), linearly annealed to 0 when ``anneal_lr``.
-        anneal_lr: linear learning-rate decay over the run.
-        num_envs: parallel environments (rollout width ``B``).
-        n_steps: steps per env per rollout (``T``); a rollout holds ``num_envs * n_steps`` steps.
-        n_epochs: passes over each rollout.
-        minibatch_size: transitions per gradient step (must divide ``num_envs * n_steps``).
-        gamma: discount in [0, 1).
-        gae_lambda: GAE lambda in [0, 1].
-        clip_ratio: epsilon of the clipped surrogate (> 0).
-        clip_value: also clip the value update to ``+-clip_ratio`` around the old value.
-        ent_coef: entropy bonus coefficient (>= 0).
-        vf_coef: value-loss coefficient (>= 0).
-        max_grad_norm: global gradient-norm clip.
-        target_kl: stop the epochs of an update once approx-KL exceeds this; None disables.
-        normalize_advantage: normalise advantages per minibatch.
-        hidden: hidden widths of actor and critic.
-        activation: "tanh" or "relu".
-        log_std_init: initial log standard deviation of Gaussian policies.
-        normalize_obs: running observation normalisation (statistics saved with the policy).
-        normalize_reward: scale rewards by the running std of the discounted return (clip +-10).
         bc_coef: weight of a behaviour-cloning term on offline batches (fine-tuning with offline data; 0 = off).
         bc_decay: multiply ``bc_coef`` by this factor after every update (in (0, 1]).
         policy: "gaussian" or "mixture" (PMOE-PPO: a Gaussian mixture of ``n_experts`` with a softmax router,
@@ -62,26 +42,6 @@ class PPOConfig:
         n_experts: K, experts of the mixture policy (>= 1).
     """
 
-    lr: float = 3e-4
-    anneal_lr: bool = True
-    num_envs: int = 1
-    n_steps: int = 2048
-    n_epochs: int = 10
-    minibatch_size: int = 64
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    clip_ratio: float = 0.2
-    clip_value: bool = True
-    ent_coef: float = 0.0
-    vf_coef: float = 0.5
-    max_grad_norm: float = 0.5
-    target_kl: float | None = None
-    normalize_advantage: bool = True
-    hidden: tuple[int, ...] = (64, 64)
-    activation: str = "tanh"
-    log_std_init: float = 0.0
-    normalize_obs: bool = True
-    normalize_reward: bool = True
     bc_coef: float = 0.0
     bc_decay: float = 1.0
     policy: str = "gaussian"
@@ -91,22 +51,10 @@ class PPOConfig:
         from hybridrl.algos import check_config
         from hybridrl.errors import ConfigError
 
-        check_config(self, lr=(1e-12, None), num_envs=(1, None), n_steps=(1, None), n_epochs=(1, None),
-                     clip_ratio=(1e-6, None), ent_coef=(0.0, None), vf_coef=(0.0, None), max_grad_norm=(1e-12, None),
-                     target_kl=(0.0, None), bc_coef=(0.0, None), bc_decay=(1e-6, 1.0), n_experts=(1, None))
+        super().__post_init__()
+        check_config(self, bc_coef=(0.0, None), bc_decay=(1e-6, 1.0), n_experts=(1, None))
         if self.policy not in ("gaussian", "mixture"):
             raise ConfigError(f"PPOConfig.policy={self.policy!r}; expected 'gaussian' or 'mixture'")
-        rollout = self.num_envs * self.n_steps
-        if self.minibatch_size <= 0 or rollout % self.minibatch_size:
-            raise ConfigError(
-                f"PPO minibatch_size={self.minibatch_size} must divide num_envs * n_steps = {rollout}"
-            )
-        if not 0.0 <= self.gamma < 1.0 or not 0.0 <= self.gae_lambda <= 1.0:
-            raise ConfigError(f"PPO needs 0 <= gamma < 1 and 0 <= gae_lambda <= 1, got {self.gamma}, {self.gae_lambda}")
-
-    @property
-    def rollout_size(self) -> int:
-        return self.num_envs * self.n_steps
 
 
 class PPOLearner:

@@ -25,6 +25,7 @@ import gymnasium as gym
 import torch
 from torch.distributions import Categorical, Distribution, Independent, Normal
 
+from hybridrl.algos.actor_critic import ActorCriticConfig
 from hybridrl.algos.ppo import PPOConfig, PPOLearner
 from hybridrl.data.batches import Segments, Transitions
 from hybridrl.errors import ConfigError
@@ -34,25 +35,17 @@ from hybridrl.ops import gae, kl_k3
 
 
 @dataclass(frozen=True)
-class PROPSConfig:
+class PROPSConfig(ActorCriticConfig):
     """PROPS hyperparameters; defaults are PPOROS ``ppo_props_continuous.py`` argparse defaults (its lines 62-107).
 
-    Target (PPO) update, every ``n_steps`` steps per env, on the whole buffer:
-        lr: Adam step size of actor and critic (> 0), linearly annealed to 0 when ``anneal_lr``.
-        num_envs: parallel environments. n_steps: steps per env between target updates (n).
+    Target (PPO) update, every ``n_steps`` steps per env, on the whole buffer: the fields of
+    :class:`ActorCriticConfig`, with PPOROS's defaults lr 1e-4, ent_coef 0.01, target_kl 0.03 and minibatch_size 128
+    (PPOROS: 32 minibatches of the full buffer); ``n_epochs`` passes over the buffer; ``normalize_reward`` keeps raw
+    rewards in the buffer and rescales them with the current statistics before every update (as PPOROS does). Plus:
+
+    Attributes:
         buffer_batches: target batches kept in the buffer (b >= 1); the buffer holds ``b * n_steps`` steps per env.
-        n_epochs: PPO passes over the buffer. minibatch_size: transitions per PPO step; must divide
-            ``num_envs * n_steps`` (PPOROS: 32 minibatches of the full buffer = 128 with the defaults).
-        gamma, gae_lambda: discount in [0, 1) and GAE lambda in [0, 1].
-        clip_ratio: PPO epsilon (> 0), also the value-clip range when ``clip_value``.
-        ent_coef, vf_coef: entropy and value-loss coefficients (>= 0). max_grad_norm: global gradient-norm clip.
-        target_kl: stop the PPO epochs once an epoch's mean approx-KL exceeds it (nats); None disables.
-        normalize_advantage: per-minibatch advantage normalisation.
-        hidden, activation: widths and activation of actor and critic MLPs. log_std_init: initial Gaussian log-std.
         tanh_mean: squash the Gaussian mean with ``tanh`` into the action box (PPOROS's actor ends in ``Tanh``).
-        normalize_obs: running observation normalisation inside the policy.
-        normalize_reward: divide rewards by the running std of the discounted return (clip +-10); the buffer keeps
-            raw rewards and rescales them with the current statistics before every update (as PPOROS does).
     Behaviour (PROPS) update, every ``props_n_steps`` steps per env:
         props: collect with the adapted behaviour policy; False = "PPO-BUFFER" (act with the target policy).
         props_n_steps: m, steps per env between behaviour updates; must divide ``n_steps``.
@@ -68,27 +61,11 @@ class PROPSConfig:
     """
 
     lr: float = 1e-4
-    anneal_lr: bool = True
-    num_envs: int = 1
-    n_steps: int = 2048
-    buffer_batches: int = 2
-    n_epochs: int = 10
     minibatch_size: int = 128
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    clip_ratio: float = 0.2
-    clip_value: bool = True
     ent_coef: float = 0.01
-    vf_coef: float = 0.5
-    max_grad_norm: float = 0.5
     target_kl: float | None = 0.03
-    normalize_advantage: bool = True
-    hidden: tuple[int, ...] = (64, 64)
-    activation: str = "tanh"
-    log_std_init: float = 0.0
+    buffer_batches: int = 2
     tanh_mean: bool = True
-    normalize_obs: bool = True
-    normalize_reward: bool = True
     props: bool = True
     props_n_steps: int = 1024
     props_lr: float = 1e-4
@@ -105,6 +82,7 @@ class PROPSConfig:
     def __post_init__(self) -> None:
         from hybridrl.algos import check_config
 
+        super().__post_init__()
         check_config(self, buffer_batches=(1, None), props_n_steps=(1, None), props_lr=(1e-12, None),
                      props_n_epochs=(1, None), props_minibatch_size=(1, None), props_clip_ratio=(1e-6, None),
                      props_kl_coef=(0.0, None), props_target_kl=(0.0, None), props_max_grad_norm=(1e-12, None))
@@ -115,17 +93,11 @@ class PROPSConfig:
                               f"expected one of {KL_DIRECTIONS}")
         if self.props_kl_reduction not in ("mean", "sum"):
             raise ConfigError(f"PROPSConfig.props_kl_reduction={self.props_kl_reduction!r}; expected 'mean' or 'sum'")
-        self.ppo_config()  # the PPO fields are range-checked by PPOConfig (ConfigError)
 
     def ppo_config(self) -> PPOConfig:
         """The :class:`PPOConfig` of the target update (shared fields copied; no offline BC term)."""
         names = {f.name for f in dataclasses.fields(PPOConfig)}
         return PPOConfig(**{k: v for k, v in dataclasses.asdict(self).items() if k in names})
-
-    @property
-    def rollout_size(self) -> int:
-        """Environment steps between target updates (``num_envs * n_steps``)."""
-        return self.num_envs * self.n_steps
 
     @property
     def buffer_steps(self) -> int:

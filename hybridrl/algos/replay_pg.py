@@ -25,7 +25,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from hybridrl.algos.actor_critic import build_actor_critic
+from hybridrl.algos.actor_critic import ActorCriticConfig, build_actor_critic
 from hybridrl.data.batches import Segments, Transitions
 from hybridrl.errors import ConfigError
 from hybridrl.losses import ppo_clip_loss, value_loss
@@ -35,8 +35,9 @@ from hybridrl.ops import effective_sample_size, explained_variance, gae, kl_k3, 
 
 
 @dataclass(frozen=True)
-class ReplayPGConfig:
-    """Replayed policy-gradient hyperparameters; the PPO fields mean what they mean in :class:`PPOConfig`.
+class ReplayPGConfig(ActorCriticConfig):
+    """Replayed policy-gradient hyperparameters: the shared fields of :class:`ActorCriticConfig` (``n_epochs`` passes
+    over all stored rollouts; ``clip_value`` clips around the value at the update's start) plus
 
     Attributes:
         n_rollouts: k, rollouts kept and trained on (>= 1; the newest included).
@@ -44,20 +45,6 @@ class ReplayPGConfig:
         correction: "none" | "clipped" | "truncated" | "vtrace" (see the module docstring).
         rho_max: rho_bar > 0, truncation of pi/mu for "truncated" and "vtrace" (also V-trace's TD weight).
         c_max: c_bar > 0, truncation of the V-trace trace coefficient (lambda = ``gae_lambda``).
-        lr: Adam learning rate (> 0), linearly annealed to 0 when ``anneal_lr``.
-        anneal_lr: linear learning-rate decay over the run.
-        num_envs: parallel environments (rollout width ``B``). n_steps: steps per env per rollout (``T``).
-        n_epochs: passes over the stored data per update.
-        minibatch_size: transitions per gradient step (must divide ``num_envs * n_steps``).
-        gamma: discount in [0, 1). gae_lambda: GAE / V-trace lambda in [0, 1].
-        clip_ratio: epsilon of the clipped surrogate and of the "clipped" correction (> 0).
-        clip_value: clip the value update to ``+-clip_ratio`` around the value at the update's start.
-        ent_coef: entropy coefficient (>= 0). vf_coef: value-loss coefficient (>= 0).
-        max_grad_norm: global gradient-norm clip. target_kl: stop the epochs once approx-KL exceeds this (None: off).
-        normalize_advantage: normalise advantages per minibatch.
-        hidden: hidden widths of actor and critic. activation: "tanh" or "relu".
-        log_std_init: initial log standard deviation of Gaussian policies.
-        normalize_obs: running observation normalisation. normalize_reward: return-std reward scaling (clip +-10).
     """
 
     n_rollouts: int = 4
@@ -65,46 +52,16 @@ class ReplayPGConfig:
     correction: Literal["none", "clipped", "truncated", "vtrace"] = "vtrace"
     rho_max: float = 1.0
     c_max: float = 1.0
-    lr: float = 3e-4
-    anneal_lr: bool = True
-    num_envs: int = 1
-    n_steps: int = 2048
-    n_epochs: int = 10
-    minibatch_size: int = 64
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    clip_ratio: float = 0.2
-    clip_value: bool = True
-    ent_coef: float = 0.0
-    vf_coef: float = 0.5
-    max_grad_norm: float = 0.5
-    target_kl: float | None = None
-    normalize_advantage: bool = True
-    hidden: tuple[int, ...] = (64, 64)
-    activation: str = "tanh"
-    log_std_init: float = 0.0
-    normalize_obs: bool = True
-    normalize_reward: bool = True
 
     def __post_init__(self) -> None:
         from hybridrl.algos import check_config
 
-        check_config(self, n_rollouts=(1, None), rho_max=(1e-6, None), c_max=(1e-6, None), lr=(1e-12, None),
-                     num_envs=(1, None), n_steps=(1, None), n_epochs=(1, None), clip_ratio=(1e-6, None),
-                     ent_coef=(0.0, None), vf_coef=(0.0, None), max_grad_norm=(1e-12, None), target_kl=(0.0, None))
+        super().__post_init__()
+        check_config(self, n_rollouts=(1, None), rho_max=(1e-6, None), c_max=(1e-6, None))
         if self.objective not in ("ppo", "reinforce"):
             raise ConfigError(f"ReplayPGConfig.objective={self.objective!r}; expected 'ppo' or 'reinforce'")
         if self.correction not in CORRECTIONS:
             raise ConfigError(f"ReplayPGConfig.correction={self.correction!r}; expected one of {list(CORRECTIONS)}")
-        rollout = self.num_envs * self.n_steps
-        if self.minibatch_size <= 0 or rollout % self.minibatch_size:
-            raise ConfigError(f"ReplayPGConfig.minibatch_size={self.minibatch_size} must divide num_envs * n_steps = {rollout}")
-        if not 0.0 <= self.gamma < 1.0 or not 0.0 <= self.gae_lambda <= 1.0:
-            raise ConfigError(f"ReplayPGConfig needs 0 <= gamma < 1 and 0 <= gae_lambda <= 1, got {self.gamma}, {self.gae_lambda}")
-
-    @property
-    def rollout_size(self) -> int:
-        return self.num_envs * self.n_steps
 
 
 _SEGMENT_FIELDS = [f.name for f in fields(Segments)]

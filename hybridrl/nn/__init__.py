@@ -88,6 +88,7 @@ class ObsNormalizer(nn.Module):
         self.register_buffer("mean", torch.zeros(obs_dim, dtype=torch.float64))
         self.register_buffer("var", torch.ones(obs_dim, dtype=torch.float64))
         self.register_buffer("count", torch.tensor(1e-4, dtype=torch.float64))
+        self._stats_cache: tuple | None = None  # (key, mean, std) of stats()
 
     @torch.no_grad()
     def update(self, x: torch.Tensor | np.ndarray) -> None:
@@ -115,12 +116,10 @@ class ObsNormalizer(nn.Module):
     def stats(self, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mean, std)`` in ``dtype``, cached until the statistics change (tensor versions are the cache key)."""
         key = (dtype, self.mean._version, self.var._version, self.mean.data_ptr(), self.var.data_ptr())
-        cache = self.__dict__.get("_stats_cache")
-        if cache is None or cache[0] != key:
+        if self._stats_cache is None or self._stats_cache[0] != key:
             with torch.no_grad():
-                cache = (key, self.mean.to(dtype), (self.var + self.eps).sqrt().to(dtype))
-            self.__dict__["_stats_cache"] = cache
-        return cache[1], cache[2]
+                self._stats_cache = (key, self.mean.to(dtype), (self.var + self.eps).sqrt().to(dtype))
+        return self._stats_cache[1], self._stats_cache[2]
 
     def numpy(self) -> Callable[[np.ndarray], np.ndarray]:
         """A float32 NumPy copy of :meth:`forward` with the current statistics (they are not followed later)."""
