@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from hybridrl.envs import true_next_obs
 from hybridrl.errors import DivergenceError
 from hybridrl.runs.progress import console, progress_bar  # noqa: F401  (re-exported for the loops)
 from hybridrl.runs import (
@@ -89,6 +90,44 @@ def check_finite(metrics: dict[str, float], modules: list[torch.nn.Module], step
 def json_ready(obj: Any) -> Any:
     """Convert NumPy scalars/arrays inside ``obj`` to plain Python for ``json.dumps``."""
     return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+def collect_block(envs, policy, obs: np.ndarray, n_steps: int, episodes: "EpisodeStats", scaler=None,
+                  store_scaled_reward: bool = True) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Step a same-step-autoreset vector env ``n_steps`` times with ``policy``, starting from ``obs``.
+
+    Actions come from ``policy.sampler()`` (a snapshot: the weights must not change meanwhile); the behaviour
+    log-probabilities are computed afterwards for the whole block in one batched ``policy.log_prob``.
+    ``scaler`` (a :class:`~hybridrl.envs.RewardScaler` or None) sees every raw reward; the block stores the
+    scaled rewards when ``store_scaled_reward``, the raw ones otherwise. ``episodes`` records raw returns.
+
+    Returns:
+        ``(obs, block)``: the observation to continue from, and float32/bool/int64 arrays ``[n_steps, num_envs, ...]``
+        named like :class:`~hybridrl.data.batches.Segments` fields: ``obs, action, reward, next_obs, terminated,
+        truncated, behavior_log_prob``; ``next_obs`` is the true next observation at episode ends.
+    """
+    act = policy.sampler()
+    steps = []
+    for _ in range(n_steps):
+        action = act(obs)
+        next_obs, reward, term, trunc, infos = envs.step(action)
+        done = term | trunc
+        scaled = scaler(reward, done) if scaler is not None else reward
+        steps.append((obs, action, scaled if store_scaled_reward else reward, true_next_obs(next_obs, infos, done),
+                      term, trunc))
+        episodes.add(reward, done)
+        obs = next_obs
+    names = ("obs", "action", "reward", "next_obs", "terminated", "truncated")
+    block = {k: np.stack([s[i] for s in steps]) for i, k in enumerate(names)}
+    for k in ("obs", "next_obs", "reward"):
+        block[k] = block[k].astype(np.float32, copy=False)
+    if not policy.discrete:
+        block["action"] = block["action"].astype(np.float32, copy=False)
+    t, n = block["reward"].shape
+    with torch.no_grad():
+        flat = (torch.from_numpy(block[k].reshape(t * n, *block[k].shape[2:])) for k in ("obs", "action"))
+        block["behavior_log_prob"] = policy.log_prob(*flat).numpy().reshape(t, n)
+    return obs, block
 
 
 class EpisodeStats:

@@ -8,14 +8,13 @@ Any learner registered with regime ``on_policy`` runs here. Its config provides 
 from __future__ import annotations
 
 
-import numpy as np
 import torch
 
 from hybridrl.algos import get_algo
 from hybridrl.data.batches import Segments, Transitions
-from hybridrl.envs import RewardScaler, make_vec_env, true_next_obs
+from hybridrl.envs import RewardScaler, make_vec_env
 from hybridrl.errors import PolicyError
-from hybridrl.loops.common import EpisodeStats, check_finite, checkpoint, console, open_run, progress_bar, restore, run_record
+from hybridrl.loops.common import EpisodeStats, check_finite, collect_block, checkpoint, console, open_run, progress_bar, restore, run_record
 from hybridrl.loops.evaluate import evaluate_policy
 from hybridrl.nn import Policy, policy_matches_spaces
 from hybridrl.runs import RunDir
@@ -76,12 +75,6 @@ def train_on_policy(
     if update_norm and step == 0:
         norm.update(obs)
     n, t_len = config.num_envs, config.n_steps
-    obs_shape, act_shape = obs_space.shape, act_space.shape
-    buf_obs = np.zeros((t_len, n, *obs_shape), np.float32)
-    buf_next = np.zeros_like(buf_obs)
-    buf_act = np.zeros((t_len, n, *act_shape), np.int64 if learner.policy.discrete else np.float32)
-    buf_rew = np.zeros((t_len, n), np.float32)
-    buf_term, buf_trunc = np.zeros((t_len, n), bool), np.zeros((t_len, n), bool)
     episodes = EpisodeStats(n)
     next_ckpt = step + (checkpoint_every or total_steps)
     next_eval = step + (eval_every or total_steps + 1)
@@ -89,32 +82,13 @@ def train_on_policy(
         task = bar.add_task(f"{algo} {env_id}", total=total_steps, completed=step, info="")
         while step < total_steps:
             learner.set_progress(step / total_steps)
-            act = learner.policy.sampler()  # weights are fixed during the rollout
-            for t in range(t_len):
-                action = act(obs)
-                next_obs, reward, term, trunc, infos = envs.step(action)
-                done = term | trunc
-                buf_obs[t], buf_act[t] = obs, action
-                buf_next[t] = true_next_obs(next_obs, infos, done)
-                buf_term[t], buf_trunc[t] = term, trunc
-                buf_rew[t] = scaler(reward, done) if scaler is not None else reward
-                episodes.add(reward, done)
-                obs = next_obs
-            with torch.no_grad():  # behaviour log-probs of the whole rollout in one batched pass
-                buf_logp = learner.policy.log_prob(torch.from_numpy(buf_obs.reshape(n * t_len, *obs_shape)),
-                                                   torch.from_numpy(buf_act.reshape(n * t_len, *act_shape))
-                                                   ).numpy().reshape(t_len, n)
-            seg = Segments(
-                obs=torch.from_numpy(buf_obs.swapaxes(0, 1)), action=torch.from_numpy(buf_act.swapaxes(0, 1)),
-                reward=torch.from_numpy(buf_rew.T), next_obs=torch.from_numpy(buf_next.swapaxes(0, 1)),
-                terminated=torch.from_numpy(buf_term.T), truncated=torch.from_numpy(buf_trunc.T),
-                behavior_log_prob=torch.from_numpy(buf_logp.T),
-            )
+            obs, block = collect_block(envs, learner.policy, obs, t_len, episodes, scaler)
+            seg = Segments(**{k: torch.from_numpy(v.swapaxes(0, 1)) for k, v in block.items()})
             metrics = learner.update(seg, offline)
             step += n * t_len
             check_finite(metrics, modules, step, run)
             if update_norm:
-                norm.update(buf_obs.reshape(-1, *obs_shape))
+                norm.update(block["obs"].reshape(-1, *obs_space.shape))
             metrics.update(episodes.summary())
             if step >= next_eval:
                 ev = evaluate_policy(learner.policy, env_id, eval_episodes, seed=10_000 + step)

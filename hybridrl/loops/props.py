@@ -17,9 +17,9 @@ import torch
 
 from hybridrl.algos import get_algo
 from hybridrl.data.batches import Segments, Transitions
-from hybridrl.envs import RewardScaler, make_vec_env, true_next_obs
+from hybridrl.envs import RewardScaler, make_vec_env
 from hybridrl.errors import ConfigError, PolicyError, ShapeError
-from hybridrl.loops.common import EpisodeStats, check_finite, checkpoint, console, open_run, progress_bar, restore, run_record
+from hybridrl.loops.common import EpisodeStats, check_finite, collect_block, checkpoint, console, open_run, progress_bar, restore, run_record
 from hybridrl.loops.evaluate import evaluate_policy
 from hybridrl.nn import Policy, policy_matches_spaces
 from hybridrl.runs import RunDir
@@ -148,7 +148,6 @@ def train_props(
     if update_norm and step == 0:
         norm.update(obs)
         learner.reset_behavior()
-    blk = {k: np.zeros((m_len, *v.shape[:1], *v.shape[2:]), v.dtype) for k, v in buffer.data.items()}
     episodes = EpisodeStats(n)
     next_ckpt = step + (checkpoint_every or total_steps)
     next_eval = step + (eval_every or total_steps + 1)
@@ -157,29 +156,16 @@ def train_props(
         while step < total_steps:
             learner.set_progress(step / total_steps)
             actor = learner.behavior_policy if config.props else learner.policy
-            act = actor.sampler()  # weights are fixed during the block
-            for t in range(m_len):
-                action = act(obs)
-                next_obs, reward, term, trunc, infos = envs.step(action)
-                done = term | trunc
-                blk["obs"][t], blk["action"][t] = obs, action
-                blk["next_obs"][t] = true_next_obs(next_obs, infos, done)
-                blk["terminated"][t], blk["truncated"][t], blk["reward"][t] = term, trunc, reward
-                if scaler is not None:
-                    scaler(reward, done)  # only updates the running statistics; the buffer keeps raw rewards
-                episodes.add(reward, done)
-                obs = next_obs
-            with torch.no_grad():  # behaviour log-probs of the block in one batched pass
-                flat_obs, flat_act = (torch.from_numpy(blk[k].reshape(m_len * n, *blk[k].shape[2:])) for k in ("obs", "action"))
-                blk["behavior_log_prob"][:] = actor.log_prob(flat_obs, flat_act).numpy().reshape(m_len, n)
-            buffer.add(**{k: v.swapaxes(0, 1) for k, v in blk.items()})
+            # the scaler only updates its statistics here: the buffer keeps raw rewards
+            obs, block = collect_block(envs, actor, obs, m_len, episodes, scaler, store_scaled_reward=False)
+            buffer.add(**{k: v.swapaxes(0, 1) for k, v in block.items()})
             step += n * m_len
             scale, clip = (1.0 / scaler.std, scaler.clip) if scaler is not None else (1.0, None)
             metrics: dict[str, float] = {}
             if step % rollout == 0 and not freeze_target:
                 metrics.update(learner.update(buffer.segments(reward_scale=scale, reward_clip=clip)))
             if update_norm:  # after the target update; pi_phi is reset below, so it acts with the same statistics
-                norm.update(blk["obs"].reshape(-1, *obs_space.shape))
+                norm.update(block["obs"].reshape(-1, *obs_space.shape))
             if config.props:
                 keep = min(buffer.size, buffer.capacity - m_len)
                 if keep > 0:
