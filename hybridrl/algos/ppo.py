@@ -25,8 +25,9 @@ import torch
 from hybridrl.algos.actor_critic import ActorCriticConfig, build_actor_critic, rollout_advantages
 from hybridrl.data.batches import Segments, Transitions
 from hybridrl.losses import bc_loss, ppo_clip_loss, value_loss
-from hybridrl.nn import Policy
-from hybridrl.nn.mixture import make_mixture_policy
+from hybridrl.losses.sac import pmoe_router_loss
+from hybridrl.nn import Policy, QNet
+from hybridrl.nn.mixture import GaussianMixturePolicy, make_mixture_policy
 from hybridrl.ops import explained_variance, normalize
 
 
@@ -69,7 +70,12 @@ class PPOLearner:
                                          config.activation, config.normalize_obs, squash=False,
                                          state_dependent_std=False, log_std_init=config.log_std_init)
         self.policy, self.critic = build_actor_critic(config, observation_space, action_space, policy)
-        self.params = [*self.policy.parameters(), *self.critic.parameters()]
+        self.q_net = None  # PMOE-PPO's auxiliary Q(s, a), trained with the same optimiser (pmoe_ppo.py)
+        if isinstance(self.policy, GaussianMixturePolicy):
+            self.q_net = QNet(observation_space.shape[0], action_space.shape[0], False, config.hidden, "relu",
+                              obs_norm=self.policy.obs_norm)
+        self.params = [*self.policy.parameters(), *self.critic.parameters(),
+                       *(self.q_net.parameters() if self.q_net is not None else [])]
         self.optimizer = torch.optim.Adam(self.params, lr=config.lr, eps=1e-5, fused=True)  # fused: one kernel per step
         self.generator = torch.Generator().manual_seed(seed)
         self.bc_coef = config.bc_coef
@@ -102,6 +108,8 @@ class PPOLearner:
                 entropy = entropy.mean()
                 loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy
                 metrics.update(vm, entropy=float(entropy.detach()))
+                if self.q_net is not None:  # PMOE-PPO: auxiliary Q on the returns, router towards its best expert
+                    loss = loss + self._pmoe_router_q_loss(obs, action, mb_ret, metrics)
                 if offline is not None and self.bc_coef > 0:
                     off_idx = torch.randint(len(offline), (cfg.minibatch_size,), generator=self.generator)
                     b_loss, bm = bc_loss(self.policy.log_prob(offline.obs[off_idx], offline.action[off_idx]))
@@ -131,14 +139,33 @@ class PPOLearner:
             out["std_mean"] = float(self.policy.log_std.detach().exp().mean())
         return out
 
+    def _pmoe_router_q_loss(self, obs: torch.Tensor, action: torch.Tensor, returns: torch.Tensor,
+                            metrics: dict[str, float]) -> torch.Tensor:
+        """PMOE-PPO's extra terms ``L_Q + L_router`` for one minibatch (Ren et al. 2021; pmoe_ppo.py, see pmoe.md).
+
+        ``L_Q = mean (Q(s, a) - R)^2`` regresses the auxiliary Q on the GAE returns ``R`` of the visited pairs;
+        ``L_router = mean_{B,K} (w(s) - onehot(argmax_k Q(s, a_k)))^2`` with one fresh sample ``a_k`` per expert.
+        """
+        q_loss = (self.q_net(obs, action) - returns).square().mean()
+        with torch.no_grad():
+            expert_actions, _, _ = self.policy.expert_sample(obs)  # [B, K, A]
+            b, k = expert_actions.shape[:2]
+            expert_q = self.q_net(obs.repeat_interleave(k, 0), expert_actions.reshape(b * k, -1)).reshape(b, k)
+        router_loss, rm = pmoe_router_loss(self.policy.weights(obs), expert_q)
+        metrics.update(rm, q_loss=float(q_loss.detach()))
+        return q_loss + router_loss
+
     def state_dict(self) -> dict:
         return {"policy": self.policy.state_dict(), "critic": self.critic.state_dict(),
+                **({"q_net": self.q_net.state_dict()} if self.q_net is not None else {}),
                 "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
                 "bc_coef": float(self.bc_coef)}
 
     def load_state_dict(self, state: dict) -> None:
         self.policy.load_state_dict(state["policy"])
         self.critic.load_state_dict(state["critic"])
+        if self.q_net is not None:
+            self.q_net.load_state_dict(state["q_net"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
         self.bc_coef = float(state["bc_coef"])
