@@ -119,8 +119,8 @@ def main() -> None:
                 json.dump(results, f, indent=1)
     plot(results["runs"], args.plot)
     print(f"\n`{results['machine']['command']}`\n")
-    print(f"| method | seeds | final eval return | best eval return (during training) | wall s / run |\n"
-          f"| --- | --- | --- | --- | --- |")
+    print("| method | seeds | final eval return | best eval return (during training) | wall s / run |\n"
+          "| --- | --- | --- | --- | --- |")
     for method in args.methods:
         rs = [r for r in results["runs"] if r["method"] == method]
         (f, fs), (b, bs), (w, _) = mean_se([r["final"] for r in rs]), mean_se([r["best"] for r in rs]), mean_se(
