@@ -100,6 +100,7 @@ def collect_block(envs, policy, obs: np.ndarray, n_steps: int, episodes: "Episod
     log-probabilities are computed afterwards for the whole block in one batched ``policy.log_prob``.
     ``scaler`` (a :class:`~hybridrl.envs.RewardScaler` or None) sees every raw reward; the block stores the
     scaled rewards when ``store_scaled_reward``, the raw ones otherwise. ``episodes`` records raw returns.
+    ``envs`` must return fresh arrays from every ``step`` (Gymnasium's default ``copy=True``; :func:`make_vec_env`).
 
     Returns:
         ``(obs, block)``: the observation to continue from, and float32/bool/int64 arrays ``[n_steps, num_envs, ...]``
