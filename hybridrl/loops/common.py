@@ -100,7 +100,6 @@ def collect_block(envs, policy, obs: np.ndarray, n_steps: int, episodes: "Episod
     log-probabilities are computed afterwards for the whole block in one batched ``policy.log_prob``.
     ``scaler`` (a :class:`~hybridrl.envs.RewardScaler` or None) sees every raw reward; the block stores the
     scaled rewards when ``store_scaled_reward``, the raw ones otherwise. ``episodes`` records raw returns.
-    ``envs`` must return fresh arrays from every ``step`` (Gymnasium's default ``copy=True``; :func:`make_vec_env`).
 
     Returns:
         ``(obs, block)``: the observation to continue from, and float32/bool/int64 arrays ``[n_steps, num_envs, ...]``
@@ -108,22 +107,21 @@ def collect_block(envs, policy, obs: np.ndarray, n_steps: int, episodes: "Episod
         truncated, behavior_log_prob``; ``next_obs`` is the true next observation at episode ends.
     """
     act = policy.sampler()
-    steps = []
-    for _ in range(n_steps):
+    block: dict[str, np.ndarray] = {}
+    for t in range(n_steps):
         action = act(obs)
         next_obs, reward, term, trunc, infos = envs.step(action)
         done = term | trunc
         scaled = scaler(reward, done) if scaler is not None else reward
-        steps.append((obs, action, scaled if store_scaled_reward else reward, true_next_obs(next_obs, infos, done),
-                      term, trunc))
+        row = {"obs": obs, "action": action, "reward": scaled if store_scaled_reward else reward,
+               "next_obs": true_next_obs(next_obs, infos, done), "terminated": term, "truncated": trunc}
+        if not block:  # allocate once the shapes are known
+            block = {k: np.empty((n_steps, *np.shape(v)), bool if k in ("terminated", "truncated") else
+                                 np.int64 if k == "action" and policy.discrete else np.float32) for k, v in row.items()}
+        for k, v in row.items():
+            block[k][t] = v
         episodes.add(reward, done)
         obs = next_obs
-    names = ("obs", "action", "reward", "next_obs", "terminated", "truncated")
-    block = {k: np.stack([s[i] for s in steps]) for i, k in enumerate(names)}
-    for k in ("obs", "next_obs", "reward"):
-        block[k] = block[k].astype(np.float32, copy=False)
-    if not policy.discrete:
-        block["action"] = block["action"].astype(np.float32, copy=False)
     t, n = block["reward"].shape
     with torch.no_grad():
         flat = (torch.from_numpy(block[k].reshape(t * n, *block[k].shape[2:])) for k in ("obs", "action"))
