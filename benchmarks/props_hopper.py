@@ -31,6 +31,8 @@ p.add_argument("--eval-every", type=int, default=20_480)
 p.add_argument("--eval-episodes", type=int, default=10)
 p.add_argument("--threads", type=int, default=1)
 p.add_argument("--out", default="benchmarks/results/props_hopper.json")
+p.add_argument("--resume", action="store_true",
+               help="keep the runs already in --out (same env and steps) and only run the missing method x seed pairs")
 p.add_argument("--plot", default="docs/img/props_hopper.png")
 args = p.parse_args()
 os.environ["OMP_NUM_THREADS"] = str(args.threads)
@@ -111,12 +113,22 @@ def plot(runs: list[dict], path: str) -> None:
 
 def main() -> None:
     results = {"machine": machine(), "args": vars(args), "runs": []}
+    if args.resume and os.path.exists(args.out):
+        with open(args.out) as f:
+            old = json.load(f)
+        if (old["args"]["env"], old["args"]["steps"]) != (args.env, args.steps):
+            sys.exit(f"{args.out} holds {old['args']['env']} x {old['args']['steps']} steps, not {args.env} x {args.steps}")
+        results["runs"] = old["runs"]
+    done = {(r["method"], r["seed"]) for r in results["runs"]}
     for seed in args.seeds:  # methods alternate within a seed (A B C A B C) on the shared machine
         for method in args.methods:
+            if (method, seed) in done:
+                continue
             results["runs"].append(one_run(method, seed))
             os.makedirs(os.path.dirname(args.out), exist_ok=True)
-            with open(args.out, "w") as f:
+            with open(args.out + ".tmp", "w") as f:  # atomic: a killed run leaves the previous JSON intact
                 json.dump(results, f, indent=1)
+            os.replace(args.out + ".tmp", args.out)
     plot(results["runs"], args.plot)
     print(f"\n`{results['machine']['command']}`\n")
     print("| method | seeds | final eval return | best eval return (during training) | wall s / run |\n"
