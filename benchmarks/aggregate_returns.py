@@ -6,6 +6,8 @@ the training curves (mean of the last 20 training episodes against environment s
 
     .venv/bin/python benchmarks/aggregate_returns.py benchmarks/results/ppo_hopper_returns*.json \
         --plot docs/img/bench_ppo_hopper.png
+
+Also reads ``hnpg_hopper.py`` results (``runs`` with ``algo``); ``--labels`` names each file's runs.
 """
 
 from __future__ import annotations
@@ -21,12 +23,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("files", nargs="+")
     parser.add_argument("--plot", default=None)
+    parser.add_argument("--labels", nargs="+", default=None,
+                        help="one label per file, prefixed to its runs' names (e.g. to tell two HNPG settings apart)")
     args = parser.parse_args()
     runs = defaultdict(list)
-    for f in args.files:
-        for r in json.load(open(f))["returns"]:
-            runs[(r["lib"], r["env_id"])].append(r)
-    print("| lib | env | seeds | steps | final deterministic eval, mean ± s.e. | per seed |")
+    for i, f in enumerate(args.files):
+        data = json.load(open(f))
+        # ppo_mujoco.py writes {"returns": [{lib, env_id, ...}]}; hnpg_hopper.py {"runs": [{algo, ...}], "args": {env}}
+        for r in data.get("returns") or data["runs"]:
+            name = r.get("lib") or r["algo"]
+            if args.labels:
+                name = f"{args.labels[i]} {name}".strip()
+            runs[(name, r.get("env_id") or data["args"]["env"])].append(r)
+    print("| run | env | seeds | steps | final deterministic eval, mean ± s.e. | per seed |")
     print("| --- | --- | ---: | ---: | ---: | --- |")
     for (lib, env), rs in sorted(runs.items()):
         finals = np.array([r["final_eval_mean"] for r in rs])
