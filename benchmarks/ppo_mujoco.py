@@ -14,8 +14,8 @@ CleanRL is not a dependency and its script is not vendored. To include it in ``s
 can run CleanRL 1.2.0's ``ppo_continuous_action.py`` (it needs gymnasium 0.29, so it runs the ``-v4`` envs):
 
     python3.11 -m venv /tmp/crl && /tmp/crl/bin/pip install torch==2.13.0 "gymnasium[mujoco]==0.29.1" tensorboard
-    pip download cleanrl==1.2.0 --no-deps --ignore-requires-python -d /tmp/crl_whl && unzip /tmp/crl_whl/*.whl -d /tmp/crl_src
-    ... --envs Hopper-v4 --cleanrl-python /tmp/crl/bin/python --cleanrl-script /tmp/crl_src/cleanrl/ppo_continuous_action.py
+    pip download cleanrl==1.2.0 --no-deps --ignore-requires-python -d /tmp/crl_whl && unzip /tmp/crl_whl/*.whl -d /tmp/cleanrl_src
+    ... --envs Hopper-v4 --cleanrl-python /tmp/crl/bin/python --cleanrl-script /tmp/cleanrl_src/cleanrl/ppo_continuous_action.py
 
 Each pair then becomes a triple (hybridrl, SB3, CleanRL in a subprocess with the same thread count). CleanRL's
 steps/s is the ``SPS`` it prints (clock started after its env and model are built, which slightly favours it);
