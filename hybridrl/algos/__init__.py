@@ -67,6 +67,24 @@ def algo_names() -> list[str]:
     return sorted(_registry())
 
 
+def gradient_step(optimizer, loss, max_grad_norm: float | None = None) -> float:
+    """One optimiser step on ``loss``: zero the gradients, backpropagate, clip the global gradient norm of the
+    optimiser's parameters to ``max_grad_norm`` (None: no clipping), step.
+
+    Returns the gradient norm before clipping (NaN when not clipped), for the ``grad_norm`` metric.
+    """
+    import torch
+
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    norm = float("nan")
+    if max_grad_norm is not None:
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm, foreach=True))
+    optimizer.step()
+    return norm
+
+
 def check_config(config: Any, **rules: tuple[float | None, float | None]) -> None:
     """Raise :class:`ConfigError` unless each named field lies in its closed range ``(low, high)`` (None = open)."""
     name = type(config).__name__

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import gymnasium as gym
 import torch
 
-from hybridrl.algos import check_config
+from hybridrl.algos import check_config, gradient_step
 from hybridrl.data.batches import Transitions
 from hybridrl.losses import bc_loss
 from hybridrl.nn import Policy, make_policy
@@ -62,11 +62,7 @@ class BCLearner:
     def update(self, batch: Transitions) -> dict[str, float]:
         logp = self.policy.log_prob(batch.obs, batch.action)
         loss, metrics = bc_loss(logp)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.config.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.config.max_grad_norm)
-        self.optimizer.step()
+        gradient_step(self.optimizer, loss, self.config.max_grad_norm)
         metrics["logp_mean"] = float(logp.detach().mean())
         return metrics
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import gymnasium as gym
 import torch
 
+from hybridrl.algos import gradient_step
 from hybridrl.data.batches import Transitions
 from hybridrl.errors import ConfigError
 from hybridrl.losses import td_loss
@@ -121,11 +122,7 @@ class FQELearner:
             v_next = self._expected_q(self.q_target, batch.next_obs)
             target = batch.reward + cfg.gamma * (~batch.terminated).float() * v_next
         loss, metrics = td_loss(self.q_net(batch.obs, batch.action), target)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.q_net.parameters(), cfg.max_grad_norm)
-        self.optimizer.step()
+        gradient_step(self.optimizer, loss, cfg.max_grad_norm)
         polyak_update(self.q_target.parameters(), self.q_net.parameters(), cfg.tau)
         metrics["target_mean"] = float(target.mean())
         return metrics

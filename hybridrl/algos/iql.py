@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import gymnasium as gym
 import torch
 
-from hybridrl.algos import check_config
+from hybridrl.algos import check_config, gradient_step
 from hybridrl.data.batches import Transitions
 from hybridrl.losses import awr_policy_loss, expectile_loss, td_loss
 from hybridrl.nn import Policy, QNet, ValueNet, make_policy
@@ -93,11 +93,7 @@ class IQLLearner:
         self.value_opt = torch.optim.Adam(self.value.parameters(), lr=config.value_lr)
 
     def _step(self, opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.config.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], self.config.max_grad_norm)
-        opt.step()
+        gradient_step(opt, loss, self.config.max_grad_norm)
 
     def update(self, batch: Transitions) -> dict[str, float]:
         cfg = self.config

@@ -21,6 +21,7 @@ import gymnasium as gym
 import torch
 from torch.distributions import kl_divergence
 
+from hybridrl.algos import gradient_step
 from hybridrl.algos.actor_critic import build_actor_critic, rollout_advantages
 from hybridrl.data.batches import Segments, Transitions
 from hybridrl.errors import ConfigError
@@ -150,11 +151,8 @@ class MDPOLearner:
             loss, metrics = mdpo_loss(logp, old_logp, adv, kl, t_k)
             entropy = dist.entropy().mean()
             loss = loss - cfg.ent_coef * entropy
-            self.policy_optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
-            self.policy_optimizer.step()
-            metrics.update(entropy=float(entropy.detach()), grad_norm=float(grad_norm))
+            grad_norm = gradient_step(self.policy_optimizer, loss, cfg.max_grad_norm)
+            metrics.update(entropy=float(entropy.detach()), grad_norm=grad_norm)
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + v
         out = {k: v / cfg.sgd_steps for k, v in sums.items()}

@@ -22,6 +22,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from hybridrl.algos import gradient_step
 from hybridrl.algos.actor_critic import ActorCriticConfig, build_actor_critic, rollout_advantages
 from hybridrl.data.batches import Segments, Transitions
 from hybridrl.losses import bc_loss, ppo_clip_loss, value_loss
@@ -74,9 +75,9 @@ class PPOLearner:
         if isinstance(self.policy, GaussianMixturePolicy):
             self.q_net = QNet(observation_space.shape[0], action_space.shape[0], False, config.hidden, "relu",
                               obs_norm=self.policy.obs_norm)
-        self.params = [*self.policy.parameters(), *self.critic.parameters(),
-                       *(self.q_net.parameters() if self.q_net is not None else [])]
-        self.optimizer = torch.optim.Adam(self.params, lr=config.lr, eps=1e-5, fused=True)  # fused: one kernel per step
+        params = [*self.policy.parameters(), *self.critic.parameters(),
+                  *(self.q_net.parameters() if self.q_net is not None else [])]
+        self.optimizer = torch.optim.Adam(params, lr=config.lr, eps=1e-5, fused=True)  # fused: one kernel per step
         self.generator = torch.Generator().manual_seed(seed)
         self.bc_coef = config.bc_coef
 
@@ -115,11 +116,7 @@ class PPOLearner:
                     b_loss, bm = bc_loss(self.policy.log_prob(offline.obs[off_idx], offline.action[off_idx]))
                     loss = loss + self.bc_coef * b_loss
                     metrics.update(bm)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm, foreach=True)
-                self.optimizer.step()
-                metrics["grad_norm"] = float(grad_norm)
+                metrics["grad_norm"] = gradient_step(self.optimizer, loss, cfg.max_grad_norm)
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + v
                 count += 1

@@ -25,6 +25,7 @@ import gymnasium as gym
 import torch
 from torch.distributions import Categorical, Distribution, Independent, Normal
 
+from hybridrl.algos import gradient_step
 from hybridrl.algos.actor_critic import ActorCriticConfig
 from hybridrl.algos.ppo import PPOConfig, PPOLearner
 from hybridrl.data.batches import Segments, Transitions
@@ -192,7 +193,6 @@ class PROPSLearner:
             target_logp_all = target_all.log_prob(act)
         sums: dict[str, float] = {}
         count, epochs, stop = 0, 0, False
-        params = list(self.behavior_policy.parameters())
         for _ in range(cfg.props_n_epochs if n > 0 else 0):
             epochs += 1
             perm = torch.randperm(n, generator=self.behavior_generator)
@@ -212,10 +212,7 @@ class PROPSLearner:
                 if weights is not None:
                     w = weights[idx] / (weights[idx].std() + 1e-8) if len(idx) > 1 else torch.ones_like(logp)
                 loss, metrics = props_behavior_loss(logp, target_logp, kl, cfg.props_clip_ratio, cfg.props_kl_coef, w)
-                self.behavior_optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.props_max_grad_norm))
-                self.behavior_optimizer.step()
+                metrics["grad_norm"] = gradient_step(self.behavior_optimizer, loss, cfg.props_max_grad_norm)
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + v
                 count += 1

@@ -25,6 +25,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from hybridrl.algos import gradient_step
 from hybridrl.algos.actor_critic import ActorCriticConfig, build_actor_critic
 from hybridrl.data.batches import Segments, Transitions
 from hybridrl.errors import ConfigError
@@ -132,7 +133,6 @@ class ReplayPGLearner:
         if cfg.objective == "ppo" and not ppo_none:
             weight = correction_weights(prox_logp - behavior_logp, cfg.correction, cfg.clip_ratio, cfg.rho_max)
         n = len(obs)
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
         sums: dict[str, float] = {}
         count, stopped_epoch = 0, cfg.n_epochs
         for epoch in range(cfg.n_epochs):
@@ -156,11 +156,7 @@ class ReplayPGLearner:
                 entropy = entropy.mean()
                 loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy
                 metrics.update(vm, entropy=float(entropy.detach()))
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                self.optimizer.step()
-                metrics["grad_norm"] = float(grad_norm)
+                metrics["grad_norm"] = gradient_step(self.optimizer, loss, cfg.max_grad_norm)
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + v
                 count += 1
