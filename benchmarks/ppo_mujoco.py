@@ -45,6 +45,8 @@ p.add_argument("--mode", choices=["speed", "returns", "both"], default="speed")
 p.add_argument("--speed-steps", type=int, default=20480, help="env steps per speed run (whole rollouts of 2048)")
 p.add_argument("--pairs", type=int, default=3)
 p.add_argument("--anchor-returns", action="store_true", help="also train SB3 PPO in returns mode")
+p.add_argument("--libs", nargs="+", choices=["hybridrl", "sb3"], default=None,
+               help="returns mode: train only these (default hybridrl, plus sb3 with --anchor-returns)")
 p.add_argument("--eval-episodes", type=int, default=10)
 p.add_argument("--profile", action="store_true", help="time rollout pieces vs update (instead of --mode)")
 p.add_argument("--profile-repeats", type=int, default=5)
@@ -206,7 +208,7 @@ def returns(results: dict, out: str) -> None:
     tmp = tempfile.mkdtemp(prefix="hybridrl_bench_")
     for env_id in args.envs:
         for seed in args.seeds:
-            libs = ["hybridrl"] + (["sb3"] if args.anchor_returns else [])
+            libs = args.libs or ["hybridrl"] + (["sb3"] if args.anchor_returns else [])
             for lib in libs:
                 if lib == "hybridrl":
                     run = RunDir(os.path.join(tmp, f"{env_id}_{seed}"))
