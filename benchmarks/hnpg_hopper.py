@@ -14,14 +14,9 @@ of expert); the dataset's mean return is recorded and printed. The JSON is rewri
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import subprocess
-import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 p.add_argument("--env", default="Hopper-v5")
@@ -40,7 +35,6 @@ p.add_argument("--out", default="benchmarks/results/hnpg_hopper.json")
 args = p.parse_args()
 os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
 
-import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -51,27 +45,10 @@ from hybridrl.data.collect import collect  # noqa: E402
 from hybridrl.loops.evaluate import evaluate_policy  # noqa: E402
 from hybridrl.loops.on_policy import train_on_policy  # noqa: E402
 from hybridrl.runs import RunDir, apply_overrides, read_metrics  # noqa: E402
+from common import machine, save_json  # noqa: E402
 
 torch.set_num_threads(args.threads)
 EVAL_SEED = 10_000
-
-
-def machine() -> dict:
-    import mujoco
-
-    cpu = next((l.split(":", 1)[1].strip() for l in subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-                .splitlines() if l.startswith("Model name")), platform.processor())
-    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": cpu, "cores": os.cpu_count(),
-            "threads": args.threads, "python": platform.python_version(), "torch": torch.__version__,
-            "gymnasium": gym.__version__, "mujoco": mujoco.__version__,
-            "command": " ".join([os.path.relpath(sys.executable), *sys.argv])}
-
-
-def save(results: dict) -> None:
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out + ".tmp", "w") as f:
-        json.dump(results, f, indent=1)
-    os.replace(args.out + ".tmp", args.out)
 
 
 def curve_of(run: RunDir) -> list[tuple[int, float]]:
@@ -92,7 +69,7 @@ def mean_se(xs: list[float]) -> str:
 
 
 def main() -> None:
-    results: dict = {"machine": machine(), "args": vars(args), "behavior": {}, "dataset": {}, "runs": []}
+    results: dict = {"machine": machine(args.threads), "args": vars(args), "behavior": {}, "dataset": {}, "runs": []}
     tmp = tempfile.mkdtemp(prefix="hybridrl_hnpg_bench_")
     t0 = time.perf_counter()
     if args.dataset:
@@ -114,7 +91,7 @@ def main() -> None:
                           "std_return": float(rets.std()), "wall_s": time.perf_counter() - t0}
     print(f"[data] behaviour {results['behavior']['algo']} {results['behavior']['steps']:,} steps: eval {ev['mean']:,.1f}; dataset {len(data.rewards):,} "
           f"steps, {data.n_episodes} episodes, mean return {rets.mean():,.1f}", flush=True)
-    save(results)
+    save_json(results, args.out)
     offline = data.transitions()
     hnpg_cfg = apply_overrides(HNPGConfig(), args.hnpg_set)
     results["hnpg_config"] = {k: getattr(hnpg_cfg, k) for k in hnpg_cfg.__dataclass_fields__}
@@ -129,7 +106,7 @@ def main() -> None:
             final = evaluate_policy(learner.policy, args.env, args.eval_episodes, seed=EVAL_SEED)["mean"]
             results["runs"].append({"algo": algo, "seed": seed, "steps": curve[-1][0] if curve else args.steps,
                                     "wall_s": wall, "final_eval_mean": final, "curve": curve})
-            save(results)
+            save_json(results, args.out)
             print(f"[{algo}] seed {seed}: {wall / 60:.1f} min, final eval {final:,.1f}, last training return "
                   f"{curve[-1][1] if curve else float('nan'):,.1f}", flush=True)
     report(results)

@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -28,15 +26,11 @@ import torch
 
 from hybridrl.algos.iql import IQLConfig, IQLLearner
 from hybridrl.data.batches import Transitions
+from common import cpu_model
 
 # d3rlpy 2.8.0 IQL update-only gradient steps/s, batch 256 (BENCHMARKS.md, 2026-11-21, AMD EPYC 2-core VM).
 D3RLPY_REFERENCE = {1: 90.1, 2: 123.2}
 OBS_DIM, ACT_DIM = 11, 3  # Hopper-v5
-
-
-def cpu_model() -> str:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-    return next((l.split(":", 1)[1].strip() for l in out if l.startswith("Model name")), platform.processor())
 
 
 def synthetic(n: int, rng: np.random.Generator) -> Transitions:

@@ -14,13 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 p.add_argument("--env", default="Hopper-v5")
@@ -37,7 +33,6 @@ p.add_argument("--out", default="benchmarks/results/mdpo_hopper.json")
 args = p.parse_args()
 os.environ["OMP_NUM_THREADS"] = str(args.threads)
 
-import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -46,6 +41,7 @@ from hybridrl.loops.evaluate import evaluate_policy  # noqa: E402
 from hybridrl.loops.off_policy import train_off_policy  # noqa: E402
 from hybridrl.loops.on_policy import train_on_policy  # noqa: E402
 from hybridrl.runs import RunDir, read_metrics  # noqa: E402
+from common import machine  # noqa: E402
 
 torch.set_num_threads(args.threads)
 
@@ -58,17 +54,6 @@ def config(algo: str):
     if spec.regime == "off_policy" and args.learning_starts is not None:
         kwargs["learning_starts"] = args.learning_starts
     return spec, spec.config_cls(**kwargs)
-
-
-def machine() -> dict:
-    import mujoco
-
-    cpu = next((l.split(":", 1)[1].strip() for l in subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-                .splitlines() if l.startswith("Model name")), platform.processor())
-    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": cpu, "cores": os.cpu_count(),
-            "threads": args.threads, "python": platform.python_version(), "torch": torch.__version__,
-            "gymnasium": gym.__version__, "mujoco": mujoco.__version__, "load_avg_at_start": os.getloadavg()[0],
-            "command": " ".join([os.path.relpath(sys.executable), *sys.argv])}
 
 
 def run_one(algo: str, seed: int) -> dict:
@@ -121,7 +106,7 @@ def main() -> None:
         print(f"\n`{done['machine']['command']}` ({len(done['results'])} runs)\n")
         print(table(done["results"]))
         return
-    out = {"machine": machine(), "results": []}
+    out = {"machine": machine(args.threads), "results": []}
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     for seed in args.seeds:
         for algo in args.algos:

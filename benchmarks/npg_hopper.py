@@ -14,14 +14,9 @@ reference, not as a side-by-side measurement.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import subprocess
-import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 p.add_argument("--envs", nargs="+", default=["Hopper-v5"])
@@ -34,7 +29,6 @@ p.add_argument("--out", default="benchmarks/results/npg_hopper.json")
 args = p.parse_args()
 os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
 
-import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -42,21 +36,11 @@ from hybridrl.algos import get_algo  # noqa: E402
 from hybridrl.loops.evaluate import evaluate_policy  # noqa: E402
 from hybridrl.loops.on_policy import train_on_policy  # noqa: E402
 from hybridrl.runs import RunDir, read_metrics  # noqa: E402
+from common import machine, save_json  # noqa: E402
 
 torch.set_num_threads(args.threads)
 EVAL_SEED = 10_000
 TIANSHOU_1M = {"Hopper-v5": {"trpo": 2046.0, "npg": 1915.2}}  # Tianshou README, Hopper-v3; BENCHMARKS.md
-
-
-def machine() -> dict:
-    import mujoco
-
-    cpu = next((l.split(":", 1)[1].strip() for l in subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-                .splitlines() if l.startswith("Model name")), platform.processor())
-    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": cpu, "cores": os.cpu_count(),
-            "threads": args.threads, "python": platform.python_version(), "torch": torch.__version__,
-            "gymnasium": gym.__version__, "mujoco": mujoco.__version__,
-            "command": " ".join([os.path.relpath(sys.executable), *sys.argv])}
 
 
 def run_one(algo: str, env_id: str, seed: int, tmp: str) -> dict:
@@ -74,13 +58,6 @@ def run_one(algo: str, env_id: str, seed: int, tmp: str) -> dict:
     return {"algo": algo, "env_id": env_id, "seed": seed, "steps": steps, "wall_s": wall, "steps_per_s": steps / wall,
             "final_eval_mean": ev["mean"], "final_eval_std": ev["std"], "eval_episodes": args.eval_episodes,
             "train_return_last": curve[-1][1] if curve else None, "curve": curve, "means_over_updates": extra}
-
-
-def save(results: dict) -> None:
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out + ".tmp", "w") as f:
-        json.dump(results, f, indent=1)
-    os.replace(args.out + ".tmp", args.out)
 
 
 def mean_se(xs: list[float]) -> str:
@@ -110,14 +87,14 @@ def report(results: dict) -> None:
 
 
 def main() -> None:
-    results = {"machine": machine(), "args": vars(args), "runs": []}
+    results = {"machine": machine(args.threads), "args": vars(args), "runs": []}
     tmp = tempfile.mkdtemp(prefix="hybridrl_npg_bench_")
     for env_id in args.envs:
         for seed in args.seeds:
             for algo in args.algos:
                 r = run_one(algo, env_id, seed, tmp)
                 results["runs"].append(r)
-                save(results)
+                save_json(results, args.out)
                 print(f"[{algo}] {env_id} seed {seed}: {r['steps']:,} steps in {r['wall_s'] / 60:.1f} min, final "
                       f"eval {r['final_eval_mean']:,.1f}, last training return {r['train_return_last']}", flush=True)
     report(results)

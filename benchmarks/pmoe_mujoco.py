@@ -20,13 +20,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 p.add_argument("--env", default="Hopper-v5")
@@ -56,20 +53,10 @@ from hybridrl.loops.evaluate import evaluate_policy  # noqa: E402
 from hybridrl.loops.off_policy import train_off_policy  # noqa: E402
 from hybridrl.loops.on_policy import train_on_policy  # noqa: E402
 from hybridrl.runs import RunDir, read_metrics  # noqa: E402
+from common import machine  # noqa: E402
 
 torch.set_num_threads(args.threads)
 EVAL_SEED = 10_000
-
-
-def machine() -> dict:
-    import mujoco
-
-    cpu = next((l.split(":", 1)[1].strip() for l in subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-                .splitlines() if l.startswith("Model name")), platform.processor())
-    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": cpu, "cores": os.cpu_count(),
-            "threads": args.threads, "python": platform.python_version(), "torch": torch.__version__,
-            "gymnasium": gym.__version__, "mujoco": mujoco.__version__,
-            "command": " ".join([os.path.relpath(sys.executable), *sys.argv])}
 
 
 def run_hybridrl(method: str, seed: int) -> dict:
@@ -146,7 +133,7 @@ def table(results: list[dict]) -> str:
 
 
 def main() -> None:
-    info, results = machine(), []
+    info, results = machine(args.threads), []
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     for seed in args.seeds:
         for method in args.methods + (["sb3-sac"] if args.anchor_sac else []):

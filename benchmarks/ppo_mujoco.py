@@ -26,15 +26,12 @@ hybridrl's and SB3's include construction. The raw env step rate with random act
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 p.add_argument("--envs", nargs="+", default=["Hopper-v5"])
@@ -67,21 +64,10 @@ from hybridrl.envs import make_vec_env  # noqa: E402
 from hybridrl.loops.evaluate import evaluate_policy  # noqa: E402
 from hybridrl.loops.on_policy import train_on_policy  # noqa: E402
 from hybridrl.runs import RunDir, read_metrics  # noqa: E402
+from common import machine, save_json  # noqa: E402
 
 torch.set_num_threads(args.threads)
 EVAL_SEED = 10_000
-
-
-def machine() -> dict:
-    import mujoco
-    import stable_baselines3
-
-    cpu = next((l.split(":", 1)[1].strip() for l in subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-                .splitlines() if l.startswith("Model name")), platform.processor())
-    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": cpu, "cores": os.cpu_count(),
-            "threads": args.threads, "python": platform.python_version(), "torch": torch.__version__,
-            "gymnasium": gym.__version__, "mujoco": mujoco.__version__, "stable_baselines3": stable_baselines3.__version__,
-            "command": " ".join([os.path.relpath(sys.executable), *sys.argv])}
 
 
 def sb3_model(env_id: str, seed: int):
@@ -226,7 +212,7 @@ def returns(results: dict, out: str) -> None:
                                            "train_return_last": curve[-1][1] if curve else None, "curve": curve})
                 print(f"[returns] {lib} {env_id} seed {seed}: {n} steps in {t / 60:.1f} min, final deterministic "
                       f"eval ({args.eval_episodes} ep) {final:,.1f}", flush=True)
-                save(results, out)
+                save_json(results, out)
 
 
 def profile(env_id: str) -> dict:
@@ -289,13 +275,6 @@ def profile(env_id: str) -> dict:
     return out
 
 
-def save(results: dict, out: str) -> None:
-    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    with open(out + ".tmp", "w") as f:
-        json.dump(results, f, indent=1)
-    os.replace(out + ".tmp", out)
-
-
 def report(results: dict) -> None:
     m = results["machine"]
     print(f"\n{m['date']} | {m['cpu']}, {m['cores']} cores, {m['threads']} thread(s) | torch {m['torch']}, "
@@ -337,16 +316,16 @@ def report(results: dict) -> None:
 def main() -> None:
     mode = "profile" if args.profile else args.mode
     out = args.out or f"benchmarks/results/ppo_{mode}.json"
-    results: dict = {"machine": machine(), "mode": mode, "args": vars(args), "speed": [], "returns": [], "profile": []}
+    results: dict = {"machine": machine(args.threads), "mode": mode, "args": vars(args), "speed": [], "returns": [], "profile": []}
     if args.profile:
         results["profile"] = [profile(e) for e in args.envs]
     else:
         if args.mode in ("speed", "both"):
             results["speed"] = [speed(e) for e in args.envs]
-            save(results, out)
+            save_json(results, out)
         if args.mode in ("returns", "both"):
             returns(results, out)
-    save(results, out)
+    save_json(results, out)
     report(results)
     print(f"\nwrote {out}")
 

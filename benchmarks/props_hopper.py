@@ -17,10 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
-from datetime import datetime, timezone
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 p.add_argument("--env", default="Hopper-v5")
@@ -37,13 +35,13 @@ p.add_argument("--plot", default="docs/img/props_hopper.png")
 args = p.parse_args()
 os.environ["OMP_NUM_THREADS"] = str(args.threads)
 
-import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from hybridrl.algos.props import PROPSConfig  # noqa: E402
 from hybridrl.loops.evaluate import evaluate_policy  # noqa: E402
 from hybridrl.loops.props import train_props  # noqa: E402
+from common import machine, save_json  # noqa: E402
 
 torch.set_num_threads(args.threads)
 CONFIGS = {"props": PROPSConfig(), "ppo_buffer": PROPSConfig(props=False),
@@ -65,21 +63,6 @@ def one_run(method: str, seed: int) -> dict:
     train_props(args.env, CONFIGS[method], args.steps, seed=seed, progress=False, callback=evaluate)
     return {"method": method, "seed": seed, "steps": [s for s, _ in curve], "eval_return": [r for _, r in curve],
             "final": curve[-1][1], "best": max(r for _, r in curve), "wall_s": time.time() - t0}
-
-
-def cpu_model() -> str:
-    import subprocess
-
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-    return next((line.split(":", 1)[1].strip() for line in out if line.startswith("Model name")), platform.processor())
-
-
-def machine() -> dict:
-    import mujoco
-
-    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": cpu_model(),
-            "cores": os.cpu_count(), "threads": args.threads, "torch": torch.__version__, "gymnasium": gym.__version__,
-            "mujoco": mujoco.__version__, "command": " ".join([os.path.relpath(sys.executable), *sys.argv])}
 
 
 def mean_se(x) -> tuple[float, float]:
@@ -112,7 +95,7 @@ def plot(runs: list[dict], path: str) -> None:
 
 
 def main() -> None:
-    results = {"machine": machine(), "args": vars(args), "runs": []}
+    results = {"machine": machine(args.threads), "args": vars(args), "runs": []}
     if args.resume and os.path.exists(args.out):
         with open(args.out) as f:
             old = json.load(f)
@@ -125,10 +108,7 @@ def main() -> None:
             if (method, seed) in done:
                 continue
             results["runs"].append(one_run(method, seed))
-            os.makedirs(os.path.dirname(args.out), exist_ok=True)
-            with open(args.out + ".tmp", "w") as f:  # atomic: a killed run leaves the previous JSON intact
-                json.dump(results, f, indent=1)
-            os.replace(args.out + ".tmp", args.out)
+            save_json(results, args.out)  # atomic: a killed run leaves the previous JSON intact
     plot(results["runs"], args.plot)
     print(f"\n`{results['machine']['command']}`\n")
     print("| method | seeds | final eval return | best eval return (during training) | wall s / run |\n"

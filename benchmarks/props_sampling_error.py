@@ -19,10 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import sys
 import time
-from datetime import datetime, timezone
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 p.add_argument("--envs", nargs="+", default=["hybridrl-test/Bandit3-v0", "CartPole-v1", "Hopper-v5"])
@@ -47,6 +44,7 @@ from hybridrl.data.sampling_error import sampling_error, tabular_sampling_error 
 from hybridrl.envs import make_env  # noqa: E402
 from hybridrl.loops.props import train_props  # noqa: E402
 from hybridrl.nn import CategoricalPolicy, make_policy  # noqa: E402
+from common import machine  # noqa: E402
 
 torch.set_num_threads(args.threads)
 BANDIT3, P3 = "hybridrl-test/Bandit3-v0", np.array([0.2, 0.3, 0.5])
@@ -110,19 +108,6 @@ def one_run(env_id: str, seed: int, props: bool) -> dict:
             "steps": [s for s, _ in curve], "kl": [k for _, k in curve], "wall_s": time.time() - t0}
 
 
-def cpu_model() -> str:
-    import subprocess
-
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-    return next((line.split(":", 1)[1].strip() for line in out if line.startswith("Model name")), platform.processor())
-
-
-def machine() -> dict:
-    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": cpu_model(),
-            "cores": os.cpu_count(), "threads": args.threads, "torch": torch.__version__, "gymnasium": gym.__version__,
-            "command": " ".join([os.path.relpath(sys.executable), *sys.argv])}
-
-
 def plot(runs: list[dict], path: str) -> None:
     import matplotlib
 
@@ -147,7 +132,7 @@ def plot(runs: list[dict], path: str) -> None:
 
 
 def main() -> None:
-    results = {"machine": machine(), "args": vars(args), "runs": []}
+    results = {"machine": machine(args.threads), "args": vars(args), "runs": []}
     for env_id in args.envs:
         for seed in args.seeds:
             for props in (True, False):

@@ -13,12 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
-import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 p.add_argument("--envs", nargs="+", default=["CartPole-v1", "Hopper-v5"])
@@ -35,7 +31,6 @@ p.add_argument("--out", default="benchmarks/results/replay_pg.json")
 args = p.parse_args()
 os.environ["OMP_NUM_THREADS"] = str(args.threads)
 
-import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -44,6 +39,7 @@ from hybridrl.algos.replay_pg import ReplayPGConfig  # noqa: E402
 from hybridrl.loops.evaluate import evaluate_policy  # noqa: E402
 from hybridrl.loops.on_policy import train_on_policy  # noqa: E402
 from hybridrl.runs import RunDir, read_metrics  # noqa: E402
+from common import machine  # noqa: E402
 
 torch.set_num_threads(args.threads)
 DEFAULT_STEPS = {"CartPole-v1": 100_000, "Hopper-v5": 1_000_000}
@@ -61,15 +57,6 @@ def config(env_id: str, variant: str):
     k, correction = int(parts[0][1:]), parts[1]
     objective = "reinforce" if parts[2:] == ["reinforce"] else "ppo"
     return "replay_pg", ReplayPGConfig(**base, n_rollouts=k, correction=correction, objective=objective)
-
-
-def machine() -> dict:
-    cpu = next((l.split(":", 1)[1].strip() for l in subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-                .splitlines() if l.startswith("Model name")), platform.processor())
-    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": cpu, "cores": os.cpu_count(),
-            "threads": args.threads, "python": platform.python_version(), "torch": torch.__version__,
-            "gymnasium": gym.__version__, "load_avg_at_start": os.getloadavg()[0],
-            "command": " ".join([os.path.relpath(sys.executable), *sys.argv])}
 
 
 def run_one(env_id: str, variant: str, seed: int, steps: int, threshold: float) -> dict:
@@ -124,7 +111,7 @@ def main() -> None:
         return
     steps = args.steps or [DEFAULT_STEPS.get(e, 1_000_000) for e in args.envs]
     thresholds = args.threshold or [DEFAULT_THRESHOLD.get(e, float("inf")) for e in args.envs]
-    out = {"machine": machine(), "results": []}
+    out = {"machine": machine(args.threads), "results": []}
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     for env_id, n, thr in zip(args.envs, steps, thresholds):
         for seed in args.seeds:
