@@ -38,3 +38,18 @@ class RunExistsError(HybridRLError):
 
 class DivergenceError(HybridRLError):
     """Training produced NaN or inf; the last good checkpoint is kept."""
+
+
+class Interrupted(HybridRLError):
+    """Training or collection was stopped by SIGINT (Ctrl-C) or SIGTERM.
+
+    Attributes:
+        step: environment or gradient steps completed when the signal arrived.
+        checkpoint: the checkpoint written on the way out (None when there was nothing to save).
+        signal_number: ``signal.SIGINT`` or ``signal.SIGTERM`` (the CLI exits ``128 + signal_number``: 130 or 143).
+    """
+
+    def __init__(self, step: int, checkpoint=None, signal_number: int = 2):
+        self.step, self.checkpoint, self.signal_number = int(step), checkpoint, int(signal_number)
+        where = f"; checkpoint {checkpoint} (continue with --resume)" if checkpoint is not None else "; nothing saved"
+        super().__init__(f"interrupted at step {self.step}{where}")
