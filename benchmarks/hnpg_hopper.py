@@ -37,6 +37,7 @@ os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from common import machine, save_json  # noqa: E402
 
 from hybridrl.algos.hnpg import HNPGConfig  # noqa: E402
 from hybridrl.algos.ppo import PPOConfig  # noqa: E402
@@ -45,7 +46,6 @@ from hybridrl.data.collect import collect  # noqa: E402
 from hybridrl.loops.evaluate import evaluate_policy  # noqa: E402
 from hybridrl.loops.on_policy import train_on_policy  # noqa: E402
 from hybridrl.runs import RunDir, apply_overrides, read_metrics  # noqa: E402
-from common import machine, save_json  # noqa: E402
 
 torch.set_num_threads(args.threads)
 EVAL_SEED = 10_000

@@ -23,10 +23,10 @@ from datetime import datetime, timezone
 import gymnasium as gym
 import numpy as np
 import torch
+from common import cpu_model
 
 from hybridrl.algos.iql import IQLConfig, IQLLearner
 from hybridrl.data.batches import Transitions
-from common import cpu_model
 
 # d3rlpy 2.8.0 IQL update-only gradient steps/s, batch 256 (BENCHMARKS.md, 2026-11-21, AMD EPYC 2-core VM).
 D3RLPY_REFERENCE = {1: 90.1, 2: 123.2}

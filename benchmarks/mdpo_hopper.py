@@ -35,13 +35,13 @@ os.environ["OMP_NUM_THREADS"] = str(args.threads)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from common import machine  # noqa: E402
 
 from hybridrl.algos import get_algo  # noqa: E402
 from hybridrl.loops.evaluate import evaluate_policy  # noqa: E402
 from hybridrl.loops.off_policy import train_off_policy  # noqa: E402
 from hybridrl.loops.on_policy import train_on_policy  # noqa: E402
 from hybridrl.runs import RunDir, read_metrics  # noqa: E402
-from common import machine  # noqa: E402
 
 torch.set_num_threads(args.threads)
 

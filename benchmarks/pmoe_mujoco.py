@@ -46,6 +46,7 @@ os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads
 import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from common import machine  # noqa: E402
 
 from hybridrl.algos.ppo import PPOConfig  # noqa: E402
 from hybridrl.algos.sac import SACConfig  # noqa: E402
@@ -53,7 +54,6 @@ from hybridrl.loops.evaluate import evaluate_policy  # noqa: E402
 from hybridrl.loops.off_policy import train_off_policy  # noqa: E402
 from hybridrl.loops.on_policy import train_on_policy  # noqa: E402
 from hybridrl.runs import RunDir, read_metrics  # noqa: E402
-from common import machine  # noqa: E402
 
 torch.set_num_threads(args.threads)
 EVAL_SEED = 10_000

@@ -56,6 +56,7 @@ os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads
 import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from common import machine, save_json  # noqa: E402
 from torch import nn  # noqa: E402
 
 from hybridrl.algos.ppo import PPOConfig, PPOLearner  # noqa: E402
@@ -64,7 +65,6 @@ from hybridrl.envs import make_vec_env  # noqa: E402
 from hybridrl.loops.evaluate import evaluate_policy  # noqa: E402
 from hybridrl.loops.on_policy import train_on_policy  # noqa: E402
 from hybridrl.runs import RunDir, read_metrics  # noqa: E402
-from common import machine, save_json  # noqa: E402
 
 torch.set_num_threads(args.threads)
 EVAL_SEED = 10_000

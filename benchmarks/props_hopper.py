@@ -37,11 +37,11 @@ os.environ["OMP_NUM_THREADS"] = str(args.threads)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from common import machine, save_json  # noqa: E402
 
 from hybridrl.algos.props import PROPSConfig  # noqa: E402
 from hybridrl.loops.evaluate import evaluate_policy  # noqa: E402
 from hybridrl.loops.props import train_props  # noqa: E402
-from common import machine, save_json  # noqa: E402
 
 torch.set_num_threads(args.threads)
 CONFIGS = {"props": PROPSConfig(), "ppo_buffer": PROPSConfig(props=False),

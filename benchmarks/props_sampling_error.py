@@ -38,13 +38,13 @@ os.environ["OMP_NUM_THREADS"] = str(args.threads)
 import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from common import machine  # noqa: E402
 
 from hybridrl.algos.props import PROPSConfig  # noqa: E402
 from hybridrl.data.sampling_error import sampling_error, tabular_sampling_error  # noqa: E402
 from hybridrl.envs import make_env  # noqa: E402
 from hybridrl.loops.props import train_props  # noqa: E402
 from hybridrl.nn import CategoricalPolicy, make_policy  # noqa: E402
-from common import machine  # noqa: E402
 
 torch.set_num_threads(args.threads)
 BANDIT3, P3 = "hybridrl-test/Bandit3-v0", np.array([0.2, 0.3, 0.5])

@@ -33,13 +33,13 @@ os.environ["OMP_NUM_THREADS"] = str(args.threads)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from common import machine  # noqa: E402
 
 from hybridrl.algos.ppo import PPOConfig  # noqa: E402
 from hybridrl.algos.replay_pg import ReplayPGConfig  # noqa: E402
 from hybridrl.loops.evaluate import evaluate_policy  # noqa: E402
 from hybridrl.loops.on_policy import train_on_policy  # noqa: E402
 from hybridrl.runs import RunDir, read_metrics  # noqa: E402
-from common import machine  # noqa: E402
 
 torch.set_num_threads(args.threads)
 DEFAULT_STEPS = {"CartPole-v1": 100_000, "Hopper-v5": 1_000_000}

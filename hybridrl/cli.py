@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -48,7 +47,7 @@ def collect_cmd(
     steps: int = typer.Option(..., "--steps", min=1, help="Environment steps (whole episodes; the last one is finished)."),
     out: Path = typer.Option(..., "--out", help="Dataset directory to write (Minari format; name it like name-v0)."),
     seed: int = typer.Option(0, "--seed"),
-    action_noise: Optional[float] = typer.Option(None, "--action-noise", min=0.0, help="Gaussian noise std around the policy mean."),
+    action_noise: float | None = typer.Option(None, "--action-noise", min=0.0, help="Gaussian noise std around the policy mean."),
     epsilon: float = typer.Option(0.0, "--epsilon", min=0.0, max=1.0, help="Probability of a uniformly random action."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing dataset."),
     json_out: bool = typer.Option(False, "--json", help="Print the dataset summary as JSON on stdout."),
@@ -75,7 +74,7 @@ def collect_cmd(
 def inspect_cmd(
     dataset: str = typer.Argument(..., help="Dataset directory or Minari dataset id."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Return histogram PNG (default: <dataset>/returns.png for paths)."),
+    plot: Path | None = typer.Option(None, "--plot", help="Return histogram PNG (default: <dataset>/returns.png for paths)."),
 ) -> None:
     """Summarise a dataset: episodes, steps, returns, normalised score, coverage; writes a return histogram."""
     from hybridrl.data.dataset import Dataset
@@ -103,16 +102,16 @@ def inspect_cmd(
 def train_cmd(
     algo: str = typer.Argument(..., help="On-policy: ppo, npg, trpo, mdpo, replay_pg, props, hnpg (needs --dataset); "
                                "off-policy: sac, mdpo_off; offline: bc, iql."),
-    env: Optional[str] = typer.Option(None, "--env", help="Gymnasium env id (online algorithms, or evaluation env)."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset directory or Minari id (offline algorithms)."),
+    env: str | None = typer.Option(None, "--env", help="Gymnasium env id (online algorithms, or evaluation env)."),
+    dataset: str | None = typer.Option(None, "--dataset", help="Dataset directory or Minari id (offline algorithms)."),
     steps: int = typer.Option(..., "--steps", min=1, help="Environment steps (online) or gradient steps (offline)."),
     out: Path = typer.Option(..., "--out", help="Run directory."),
     seed: int = typer.Option(0, "--seed"),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML file of config fields."),
+    config: Path | None = typer.Option(None, "--config", help="YAML file of config fields."),
     set_: list[str] = typer.Option([], "--set", help="Override a config field: key=value (repeatable)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run from its last checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run."),
-    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", min=1, help="Steps between checkpoints."),
+    checkpoint_every: int | None = typer.Option(None, "--checkpoint-every", min=1, help="Steps between checkpoints."),
     eval_episodes: int = typer.Option(10, "--eval-episodes", min=0),
 ) -> None:
     """Train an algorithm into a run directory (config, metrics, checkpoints, policy, eval, report)."""

@@ -13,7 +13,7 @@ Shape errors raise :class:`hybridrl.errors.ShapeError`; out-of-range scalars rai
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor

@@ -20,6 +20,8 @@ import pytest
 from hybridrl.data.dataset import Dataset
 from hybridrl.runs import read_metrics
 
+pytestmark = pytest.mark.subprocess
+
 TINY_PPO = ["--set", "n_steps=256", "--set", "minibatch_size=128", "--set", "n_epochs=2"]
 
 

@@ -6,15 +6,14 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from rollouts import collect
 
 from hybridrl.algos.fqe import FQEConfig, FQELearner
-from rollouts import collect
 from hybridrl.data.batches import Transitions
 from hybridrl.envs.toy import BanditEnv, ChainEnv, TabularPolicy, chain_q
 from hybridrl.errors import ConfigError
 from hybridrl.nn import GaussianPolicy
 from hybridrl.ope import fit_fqe
-
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -9,7 +9,14 @@ import torch
 
 from hybridrl.errors import ShapeError
 from hybridrl.losses import (
-    awr_policy_loss, bc_loss, bc_mse_loss, entropy_bonus, expectile_loss, ppo_clip_loss, td_loss, value_loss,
+    awr_policy_loss,
+    bc_loss,
+    bc_mse_loss,
+    entropy_bonus,
+    expectile_loss,
+    ppo_clip_loss,
+    td_loss,
+    value_loss,
 )
 
 

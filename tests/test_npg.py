@@ -15,8 +15,15 @@ from hybridrl.algos import get_algo
 from hybridrl.algos.npg import NPGConfig, NPGLearner, TRPOConfig, npg_policy_step
 from hybridrl.data.batches import Segments, Transitions
 from hybridrl.errors import ConfigError, ShapeError
-from hybridrl.losses.npg import (backtracking_line_search, conjugate_gradient, fisher_vector_product, kl_step_scale,
-                                 mean_policy_kl, natural_gradient_step, npg_surrogate_loss)
+from hybridrl.losses.npg import (
+    backtracking_line_search,
+    conjugate_gradient,
+    fisher_vector_product,
+    kl_step_scale,
+    mean_policy_kl,
+    natural_gradient_step,
+    npg_surrogate_loss,
+)
 from hybridrl.nn import make_policy
 
 

@@ -8,15 +8,26 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from rollouts import collect
 
 from hybridrl.algos.fqe import FQEConfig
-from rollouts import collect
 from hybridrl.data.dataset import Dataset
 from hybridrl.envs.toy import ChainEnv, TabularPolicy, chain_policy_value
 from hybridrl.errors import ConfigError, DatasetError
 from hybridrl.ope import (
-    OPEResult, bootstrap_ci, dm, dr, evaluate_ope, fit_fqe, importance_weights, pdis, rank_correlation, regret_at_k,
-    select, sharpe_ratio_at_k, snpdis,
+    OPEResult,
+    bootstrap_ci,
+    dm,
+    dr,
+    evaluate_ope,
+    fit_fqe,
+    importance_weights,
+    pdis,
+    rank_correlation,
+    regret_at_k,
+    select,
+    sharpe_ratio_at_k,
+    snpdis,
 )
 
 GAMMA = 0.9

@@ -17,9 +17,9 @@ from hybridrl.algos.props import PROPSConfig, PROPSLearner, _rows
 from hybridrl.data.batches import Segments
 from hybridrl.data.sampling_error import sampling_error, tabular_sampling_error
 from hybridrl.errors import ConfigError, ShapeError
+from hybridrl.loops.props import SegmentBuffer, train_props
 from hybridrl.losses.core import ppo_clip_loss
 from hybridrl.losses.props import policy_kl, props_behavior_loss
-from hybridrl.loops.props import SegmentBuffer, train_props
 from hybridrl.nn import CategoricalPolicy, make_policy
 
 OBS = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)

@@ -12,10 +12,24 @@ import torch
 from torch import nn
 
 from hybridrl.errors import ConfigError, HybridRLError, RunExistsError
-from hybridrl.runs import (MetricsLogger, RunDir, apply_overrides, check_finite, dataclass_from_dict,
-                           dataclass_to_dict, latest_checkpoint, list_checkpoints, load_checkpoint, load_config,
-                           plot_curves, plot_estimates, plot_histogram, read_metrics, save_checkpoint, save_config)
-
+from hybridrl.runs import (
+    MetricsLogger,
+    RunDir,
+    apply_overrides,
+    check_finite,
+    dataclass_from_dict,
+    dataclass_to_dict,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    load_config,
+    plot_curves,
+    plot_estimates,
+    plot_histogram,
+    read_metrics,
+    save_checkpoint,
+    save_config,
+)
 
 # --- run directory --------------------------------------------------------------------------------------
 

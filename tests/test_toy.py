@@ -10,7 +10,14 @@ from gymnasium.utils.env_checker import check_env
 
 import hybridrl.envs  # noqa: F401  (registers the toy envs)
 from hybridrl.envs.toy import (
-    BanditEnv, ChainEnv, TabularPolicy, bandit_value, chain_policy_value, chain_q, chain_transition, chain_value,
+    BanditEnv,
+    ChainEnv,
+    TabularPolicy,
+    bandit_value,
+    chain_policy_value,
+    chain_q,
+    chain_transition,
+    chain_value,
 )
 from hybridrl.errors import ConfigError, ShapeError
 from hybridrl.nn import POLICY_CLASSES, load_policy, policy_matches_spaces, save_policy

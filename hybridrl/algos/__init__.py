@@ -27,12 +27,12 @@ def _registry() -> dict[str, AlgoSpec]:
     from hybridrl.algos.fqe import FQEConfig, FQELearner
     from hybridrl.algos.hnpg import HNPGConfig, HNPGLearner
     from hybridrl.algos.iql import IQLConfig, IQLLearner
-    from hybridrl.algos.npg import NPGConfig, NPGLearner, TRPOConfig
     from hybridrl.algos.mdpo import MDPOConfig, MDPOLearner
     from hybridrl.algos.mdpo_off import MDPOOffConfig, MDPOOffLearner
+    from hybridrl.algos.npg import NPGConfig, NPGLearner, TRPOConfig
     from hybridrl.algos.ppo import PPOConfig, PPOLearner
-    from hybridrl.algos.replay_pg import ReplayPGConfig, ReplayPGLearner
     from hybridrl.algos.props import PROPSConfig, PROPSLearner
+    from hybridrl.algos.replay_pg import ReplayPGConfig, ReplayPGLearner
     from hybridrl.algos.sac import SACConfig, SACLearner
 
     return {

@@ -25,8 +25,15 @@ import torch
 from hybridrl.algos import check_config
 from hybridrl.data.batches import Transitions
 from hybridrl.errors import ConfigError
-from hybridrl.losses.sac import (pmoe_actor_loss, pmoe_best_expert, pmoe_router_loss, sac_actor_loss,
-                                 sac_critic_loss, sac_target, sac_temperature_loss)
+from hybridrl.losses.sac import (
+    pmoe_actor_loss,
+    pmoe_best_expert,
+    pmoe_router_loss,
+    sac_actor_loss,
+    sac_critic_loss,
+    sac_target,
+    sac_temperature_loss,
+)
 from hybridrl.nn import Policy, QNet
 from hybridrl.nn.mixture import GaussianMixturePolicy, make_mixture_policy
 from hybridrl.nn.tanh_gaussian import TanhGaussianPolicy

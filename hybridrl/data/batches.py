@@ -92,7 +92,7 @@ class Transitions:
     def __len__(self) -> int:
         return self.obs.shape[0]
 
-    def index(self, idx: torch.Tensor | slice) -> "Transitions":
+    def index(self, idx: torch.Tensor | slice) -> Transitions:
         """Return the sub-batch ``idx`` (a LongTensor of rows or a slice)."""
         return Transitions(
             **{f.name: (None if getattr(self, f.name) is None else getattr(self, f.name)[idx]) for f in dataclasses.fields(self)}

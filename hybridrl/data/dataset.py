@@ -23,8 +23,9 @@ import shutil
 import tempfile
 import threading
 import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -209,7 +210,7 @@ class Dataset:
     @classmethod
     def from_episodes(cls, episodes: Iterable[Mapping[str, Any]], observation_space: gym.Space,
                       action_space: gym.Space, env_id: str | None = None,
-                      metadata: Mapping[str, Any] | None = None, *, source: str = "Dataset.from_episodes") -> "Dataset":
+                      metadata: Mapping[str, Any] | None = None, *, source: str = "Dataset.from_episodes") -> Dataset:
         """Build a dataset from episode dicts.
 
         Each episode holds ``observations [T+1, D]`` (the last one is the final observation),
@@ -265,7 +266,7 @@ class Dataset:
                    metadata=metadata, source=source)
 
     @classmethod
-    def load(cls, path_or_id: str | Path) -> "Dataset":
+    def load(cls, path_or_id: str | Path) -> Dataset:
         """Load a Minari dataset: a directory (the dataset root or its ``data/``) or an id under :func:`minari_root`.
 
         Works for datasets made by any tool: without ``infos["behavior_log_prob"]`` the field is ``None``;
@@ -486,7 +487,7 @@ class Dataset:
         return x.mean(0), x.var(0)
 
     @classmethod
-    def concatenate(cls, datasets: Sequence["Dataset"]) -> "Dataset":
+    def concatenate(cls, datasets: Sequence[Dataset]) -> Dataset:
         """One dataset holding the episodes of ``datasets`` in order (e.g. random + medium data).
 
         Behaviour log-probabilities are kept only if every part has them; ``metadata["behavior_policy"]``
@@ -512,7 +513,7 @@ class Dataset:
                    cat("truncations"), starts, first.observation_space, first.action_space, logp, first.env_id, meta,
                    source="Dataset.concatenate")
 
-    def select_episodes(self, episodes: Iterable[int]) -> "Dataset":
+    def select_episodes(self, episodes: Iterable[int]) -> Dataset:
         """A new dataset with the given episodes (in the given order); metadata is copied, ``path`` is None."""
         ids = np.asarray(list(episodes), dtype=np.int64)
         if ids.size == 0 or ids.min() < 0 or ids.max() >= self.n_episodes:

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import difflib
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import gymnasium as gym
 import numpy as np

@@ -14,7 +14,8 @@ given by a probability table, saveable with :func:`hybridrl.nn.save_policy`.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import gymnasium as gym
 import numpy as np

@@ -5,15 +5,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from pathlib import Path
 from collections import deque
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
 from hybridrl.envs import true_next_obs
 from hybridrl.errors import DivergenceError
-from hybridrl.runs.progress import console, progress_bar  # noqa: F401  (re-exported for the loops)
 from hybridrl.runs import (
     MetricsLogger,
     RunDir,
@@ -23,6 +23,8 @@ from hybridrl.runs import (
     save_checkpoint,
     save_config,
 )
+from hybridrl.runs.progress import console, progress_bar  # noqa: F401  (re-exported for the loops)
+
 
 def open_run(run: RunDir | None, record: dict, resume: bool) -> tuple[RunDir | None, MetricsLogger | None]:
     """Write ``config.yaml`` (fresh runs) and open the metrics logger."""
@@ -92,7 +94,7 @@ def json_ready(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
 
-def collect_block(envs, policy, obs: np.ndarray, n_steps: int, episodes: "EpisodeStats", scaler=None,
+def collect_block(envs, policy, obs: np.ndarray, n_steps: int, episodes: EpisodeStats, scaler=None,
                   store_scaled_reward: bool = True) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Step a same-step-autoreset vector env ``n_steps`` times with ``policy``, starting from ``obs``.
 

@@ -8,7 +8,6 @@ vector-env step (``num_envs`` transitions) is followed by ``updates_per_step`` g
 
 from __future__ import annotations
 
-
 import gymnasium as gym
 import numpy as np
 import torch
@@ -17,7 +16,16 @@ from hybridrl.algos import get_algo
 from hybridrl.data.replay import ReplayBuffer
 from hybridrl.envs import make_vec_env, true_next_obs
 from hybridrl.errors import ConfigError
-from hybridrl.loops.common import EpisodeStats, check_finite, checkpoint, console, open_run, progress_bar, restore, run_record
+from hybridrl.loops.common import (
+    EpisodeStats,
+    check_finite,
+    checkpoint,
+    console,
+    open_run,
+    progress_bar,
+    restore,
+    run_record,
+)
 from hybridrl.loops.evaluate import evaluate_policy
 from hybridrl.runs import RunDir
 

@@ -7,14 +7,23 @@ Any learner registered with regime ``on_policy`` runs here. Its config provides 
 
 from __future__ import annotations
 
-
 import torch
 
 from hybridrl.algos import get_algo
 from hybridrl.data.batches import Segments, Transitions
 from hybridrl.envs import RewardScaler, make_vec_env
 from hybridrl.errors import PolicyError
-from hybridrl.loops.common import EpisodeStats, check_finite, collect_block, checkpoint, console, open_run, progress_bar, restore, run_record
+from hybridrl.loops.common import (
+    EpisodeStats,
+    check_finite,
+    checkpoint,
+    collect_block,
+    console,
+    open_run,
+    progress_bar,
+    restore,
+    run_record,
+)
 from hybridrl.loops.evaluate import evaluate_policy
 from hybridrl.nn import Policy, policy_matches_spaces
 from hybridrl.runs import RunDir

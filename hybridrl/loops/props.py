@@ -10,7 +10,7 @@ update, as PPOROS re-normalises its buffer.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -19,7 +19,17 @@ from hybridrl.algos import get_algo
 from hybridrl.data.batches import Segments, Transitions
 from hybridrl.envs import RewardScaler, make_vec_env
 from hybridrl.errors import ConfigError, PolicyError, ShapeError
-from hybridrl.loops.common import EpisodeStats, check_finite, collect_block, checkpoint, console, open_run, progress_bar, restore, run_record
+from hybridrl.loops.common import (
+    EpisodeStats,
+    check_finite,
+    checkpoint,
+    collect_block,
+    console,
+    open_run,
+    progress_bar,
+    restore,
+    run_record,
+)
 from hybridrl.loops.evaluate import evaluate_policy
 from hybridrl.nn import Policy, policy_matches_spaces
 from hybridrl.runs import RunDir

@@ -9,8 +9,8 @@ from hybridrl.data.dataset import Dataset
 from hybridrl.errors import ConfigError, RunExistsError
 from hybridrl.loops.common import console, json_ready, run_record, saved_record
 from hybridrl.loops.evaluate import evaluate_policy
-from hybridrl.loops.offline import train_offline
 from hybridrl.loops.off_policy import train_off_policy
+from hybridrl.loops.offline import train_offline
 from hybridrl.loops.on_policy import train_on_policy
 from hybridrl.loops.props import train_props
 from hybridrl.nn import Policy, save_policy

@@ -17,7 +17,7 @@ Flat vectors concatenate the parameters in the order given, each flattened row-m
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -460,4 +461,5 @@ def load_policy(directory: str | Path, env_id: str | None = None) -> Policy:
     policy.env_id = meta.get("env_id")
     policy.eval()
     return policy
-from hybridrl.nn import tanh_gaussian as _tanh_gaussian, mixture as _mixture  # noqa: E402,F401  (register policy classes)
+from hybridrl.nn import mixture as _mixture
+from hybridrl.nn import tanh_gaussian as _tanh_gaussian  # noqa: E402,F401  (register policy classes)

@@ -17,14 +17,22 @@ mixture density in its ratio, so there the router also gets the likelihood-ratio
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
-from torch.distributions import (AffineTransform, Categorical, Distribution, Independent, MixtureSameFamily, Normal,
-                                 TanhTransform, TransformedDistribution)
+from torch.distributions import (
+    AffineTransform,
+    Categorical,
+    Distribution,
+    Independent,
+    MixtureSameFamily,
+    Normal,
+    TanhTransform,
+    TransformedDistribution,
+)
 
 from hybridrl.errors import ShapeError
 from hybridrl.nn import _HALF_LOG_2PI, POLICY_CLASSES, ObsNormalizer, Policy

@@ -12,14 +12,20 @@ so an action on the boundary of the box gets a large but finite density.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.distributions import (AffineTransform, Distribution, Independent, Normal, TanhTransform,
-                                 TransformedDistribution)
+from torch.distributions import (
+    AffineTransform,
+    Distribution,
+    Independent,
+    Normal,
+    TanhTransform,
+    TransformedDistribution,
+)
 
 from hybridrl.nn import _HALF_LOG_2PI, POLICY_CLASSES, ObsNormalizer, Policy, mlp
 

@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -41,8 +41,8 @@ from scipy.special import logsumexp
 from hybridrl.algos.fqe import FQEConfig, FQELearner
 from hybridrl.data.dataset import Dataset
 from hybridrl.errors import ConfigError, DatasetError, DivergenceError, PolicyError, ShapeError
-from hybridrl.runs.progress import progress_bar
 from hybridrl.nn import Policy, policy_matches_spaces
+from hybridrl.runs.progress import progress_bar
 
 __all__ = [
     "ESTIMATORS", "OPEResult", "bootstrap_ci", "dm", "dr", "evaluate_ope", "fit_fqe", "importance_weights",
