@@ -6,8 +6,8 @@ dataset, after ``--warmup`` untimed updates. Medians over ``--repeats``.
 
 Side-by-side anchor (same run, alternating): Stable-Baselines3 SAC ``train()`` gradient steps with the
 same batch size and 256x256 networks (a different algorithm of similar cost: actor + twin critics,
-entropy tuning; IQL adds a value net). d3rlpy is not installed here: its IQL figure from
-BENCHMARKS.md is printed as an external reference, not measured side by side.
+entropy tuning; IQL adds a value net). d3rlpy is not installed here: its IQL figure (d3rlpy 2.8.0,
+update-only, measured 2026-11-21 on a 2-core AMD EPYC VM and recorded in docs/benchmarks.md) is printed as an external reference, not measured side by side.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from common import cpu_model
 from hybridrl.algos.iql import IQLConfig, IQLLearner
 from hybridrl.data.batches import Transitions
 
-# d3rlpy 2.8.0 IQL update-only gradient steps/s, batch 256 (BENCHMARKS.md, 2026-11-21, AMD EPYC 2-core VM).
+# d3rlpy 2.8.0 IQL update-only gradient steps/s, batch 256 (measured 2026-11-21 on a 2-core AMD EPYC VM).
 D3RLPY_REFERENCE = {1: 90.1, 2: 123.2}
 OBS_DIM, ACT_DIM = 11, 3  # Hopper-v5
 
@@ -107,7 +107,7 @@ def main() -> None:
         "batch": args.batch, "hidden": [256, 256], "steps_per_repeat": args.steps, "repeats": args.repeats,
         "steps_per_s": {f"{n} | {t} threads": v for (n, t), v in times.items()},
         "median": {f"{n} | {t} threads": v for (n, t), v in med.items()},
-        "external_reference_not_side_by_side": {"d3rlpy 2.8.0 IQL (BENCHMARKS.md)": D3RLPY_REFERENCE},
+        "external_reference_not_side_by_side": {"d3rlpy 2.8.0 IQL (2026-11-21, 2-core AMD EPYC)": D3RLPY_REFERENCE},
     }
     if not args.no_sac:
         results["ratio_iql_over_sac_median"] = {
@@ -126,7 +126,7 @@ def main() -> None:
     if not args.no_sac:
         print("| ratio IQL / SAC per repeat, median | " + " | ".join(
             f"{results['ratio_iql_over_sac_median'][t]:.2f}" for t in args.threads) + " |")
-    print("| d3rlpy 2.8.0 IQL: external reference, NOT measured side by side (BENCHMARKS.md) | "
+    print("| d3rlpy 2.8.0 IQL: external reference, NOT measured side by side (2026-11-21, 2-core AMD EPYC) | "
           + " | ".join(str(D3RLPY_REFERENCE.get(t, "-")) for t in args.threads) + " |")
     print(f"\nwrote {args.out}")
 

@@ -1,6 +1,6 @@
 """MDPO on Hopper-v5: on-policy MDPO vs PPO (and optionally off-policy MDPO vs SAC), side by side.
 
-Rules: shared design BENCHMARKS.md. For every seed the algorithms run one after the other (A B A B) with their
+Protocol: docs/benchmarks.md. For every seed the algorithms run one after the other (A B A B) with their
 default configs (MDPOConfig = official mdpo_on settings, PPOConfig = CleanRL settings; MDPOOffConfig = official
 mdpo_off settings, SACConfig = paper v2 settings), same env version and thread count. Reported per algorithm: final
 deterministic evaluation (10 episodes, reset seeds 10000..), mean of the last 20 training episodes at the end, the

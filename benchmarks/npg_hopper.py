@@ -7,7 +7,7 @@ evaluation (10 episodes, reset seeds 10000..10009), wall time and env steps/s. T
 every run.
 
 No installed library provides a TRPO/NPG anchor (sb3-contrib is not installed); Tianshou's published 1M-step
-Hopper returns (TRPO 2,046.0, NPG 1,915.2; MuJoCo v3, ~10 seeds; BENCHMARKS.md) are printed as an external
+Hopper returns (TRPO 2,046.0, NPG 1,915.2; MuJoCo v3, ~10 seeds; Tianshou's README benchmark table) are printed as an external
 reference, not as a side-by-side measurement.
 """
 
@@ -40,7 +40,7 @@ from hybridrl.runs import RunDir, read_metrics  # noqa: E402
 
 torch.set_num_threads(args.threads)
 EVAL_SEED = 10_000
-TIANSHOU_1M = {"Hopper-v5": {"trpo": 2046.0, "npg": 1915.2}}  # Tianshou README, Hopper-v3; BENCHMARKS.md
+TIANSHOU_1M = {"Hopper-v5": {"trpo": 2046.0, "npg": 1915.2}}  # Tianshou README, Hopper-v3
 
 
 def run_one(algo: str, env_id: str, seed: int, tmp: str) -> dict:

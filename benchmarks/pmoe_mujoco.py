@@ -5,7 +5,7 @@ of env steps, with the same hyperparameters apart from the policy:
 
   sac       SACConfig() defaults (Haarnoja et al. 2018 v2: 256x256 ReLU, lr 3e-4, batch 256, tau 0.005,
             1 update per env step, auto-temperature with target entropy -|A|), tanh-Gaussian policy
-  pmoe-sac  the same with policy="mixture", n_experts=4 (PMOE official defaults, ALGORITHMS.md §7c)
+  pmoe-sac  the same with policy="mixture", n_experts=4 (PMOE official defaults, Ren et al. 2021, arXiv:2104.09122)
   ppo       PPOConfig() defaults (CleanRL MuJoCo settings)
   pmoe-ppo  the same with policy="mixture", n_experts=4
 

@@ -1,4 +1,4 @@
-"""PPO on MuJoCo: hybridrl vs Stable-Baselines3, side by side (rules: docs/../shared/design/BENCHMARKS.md).
+"""PPO on MuJoCo: hybridrl vs Stable-Baselines3, side by side (protocol: docs/benchmarks.md).
 
 Modes
   speed    A B A B pairs (hybridrl, then SB3) of ``--speed-steps`` env steps each, same hyperparameters

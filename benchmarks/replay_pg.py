@@ -1,4 +1,4 @@
-"""Replayed policy gradient vs PPO: sample efficiency on CartPole-v1 / Hopper-v5 (rules: shared design BENCHMARKS.md).
+"""Replayed policy gradient vs PPO: sample efficiency on CartPole-v1 / Hopper-v5 (protocol: docs/benchmarks.md).
 
 For every env and seed, the variants run one after the other with the same hyperparameters except the replay
 settings (PPO = ``algo="ppo"``; replay variants = ``replay_pg`` with k rollouts and a correction). Reported per
