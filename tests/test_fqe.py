@@ -55,7 +55,7 @@ def test_target_exact_expectation_and_truncation_bootstraps():
                         next_obs=eye[[1, 2, 3]], terminated=torch.tensor([False, True, False]),
                         truncated=torch.tensor([True, False, False]))
     with torch.no_grad():
-        qbar = learner.q_target.all_actions(batch.next_obs)
+        qbar = learner.q_target.net.all_actions(batch.next_obs)
         v_next = (qbar * torch.tensor([0.3, 0.7])).sum(-1)
     expected = batch.reward + 0.9 * torch.tensor([1.0, 0.0, 1.0]) * v_next  # truncated row 0 bootstraps
     metrics = learner.update(batch)
@@ -76,7 +76,7 @@ def test_policy_untouched_state_dict_roundtrip_and_determinism():
     c = FQELearner(small_config(gamma=0.9), CHAIN_OBS, CHAIN_ACT, seed=99, policy=pi)
     c.load_state_dict(a.state_dict())
     torch.testing.assert_close(c.q(obs, torch.ones(5, dtype=torch.long)), a.q(obs, torch.ones(5, dtype=torch.long)))
-    assert a.q_net._obs_norm[0] is pi.obs_norm and a.q_target._obs_norm[0] is pi.obs_norm
+    assert a.q_net._obs_norm[0] is pi.obs_norm and a.q_target.net._obs_norm[0] is pi.obs_norm
 
 
 def test_continuous_actions_sampled_expectation():

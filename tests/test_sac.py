@@ -116,8 +116,8 @@ def test_actor_step_leaves_critics_alone_and_targets_track_by_polyak():
     obs = torch.randn(32, 3)
     loss, _, _ = learner._actor_loss(obs, torch.tensor(0.2))
     loss.backward()
-    assert all(p.grad is None for p in (*learner.q1.parameters(), *learner.q2.parameters()))
-    assert all(p.requires_grad for p in learner.q1.parameters())
+    assert all(p.grad is None for p in learner.critic.parameters())
+    assert all(p.requires_grad for p in learner.critic.parameters())
     assert learner.target_entropy == -2.0
 
 
