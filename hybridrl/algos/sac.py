@@ -11,7 +11,7 @@ One ``update(Transitions)`` is one gradient step of each part, in the order of S
 ``policy="mixture"`` (PMOE-SAC): the actor is a :class:`GaussianMixturePolicy` of ``n_experts`` tanh-Gaussians.
 Every expert draws one action, only the best one under ``min_i Q_i`` is back-propagated (its own density in the
 entropy term) and the router regresses onto ``onehot(best)``; the critic target uses an expert drawn from the
-router at s' and that expert's own log-density (ALGORITHMS.md §7, official rlkit-pmoe ``PMOEsac.py``).
+router at s' and that expert's own log-density (Ren et al. 2021 sec. 4, official rlkit-pmoe ``PMOEsac.py``).
 """
 
 from __future__ import annotations
