@@ -82,8 +82,8 @@ class MDPOOffConfig:
 
 
 class MDPOOffLearner:
-    """Off-policy MDPO learner: ``update(Transitions) -> metrics`` (q_loss, q_mean, target_mean, actor_loss, kl,
-    entropy, q_pi, reg_loss, alpha, kl_coef).
+    """Off-policy MDPO learner: ``policy`` (pi_theta), its frozen copy ``old_policy`` (pi_k), twin critics ``critic``
+    (:class:`TwinQ`) and their Polyak copy ``critic_target`` (:class:`TargetNetwork`); :meth:`update` per batch.
 
     Raises:
         ConfigError: a Discrete action space, or a given ``policy`` that is not a :class:`TanhGaussianPolicy`.

@@ -94,8 +94,8 @@ class SACConfig:
 
 
 class SACLearner:
-    """SAC / PMOE-SAC learner. ``update(Transitions)`` returns q_loss, q_mean, target_mean, actor_loss, entropy,
-    alpha (and alpha_loss when autotuned); PMOE adds best_q_mean, router_loss, router_entropy and best_weight.
+    """SAC / PMOE-SAC learner: ``policy``, twin critics ``critic`` (:class:`TwinQ`) and their Polyak copy
+    ``critic_target`` (:class:`TargetNetwork`), the temperature ``log_alpha``; :meth:`update` per replay batch.
 
     Raises:
         ConfigError: a Discrete action space (SAC here is for continuous actions), or a given ``policy`` whose
