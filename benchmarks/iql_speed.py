@@ -42,7 +42,7 @@ def synthetic(n: int, rng: np.random.Generator) -> Transitions:
 
 
 def iql_runner(args, spaces, data: Transitions):
-    learner = IQLLearner(IQLConfig(batch_size=args.batch, hidden=(256, 256)), *spaces, seed=0)
+    learner = IQLLearner(IQLConfig(batch_size=args.batch, hidden=(256, 256), reward_scale=1.0), *spaces, seed=0)
     g = torch.Generator().manual_seed(0)
     batches = [data.index(torch.randint(len(data), (args.batch,), generator=g)) for _ in range(args.steps)]
 

@@ -55,7 +55,7 @@ def test_target_exact_expectation_and_truncation_bootstraps():
                         next_obs=eye[[1, 2, 3]], terminated=torch.tensor([False, True, False]),
                         truncated=torch.tensor([True, False, False]))
     with torch.no_grad():
-        qbar = learner.q_target.all_actions(batch.next_obs)
+        qbar = learner.q_target.net.all_actions(batch.next_obs)
         v_next = (qbar * torch.tensor([0.3, 0.7])).sum(-1)
     expected = batch.reward + 0.9 * torch.tensor([1.0, 0.0, 1.0]) * v_next  # truncated row 0 bootstraps
     metrics = learner.update(batch)
@@ -76,19 +76,29 @@ def test_policy_untouched_state_dict_roundtrip_and_determinism():
     c = FQELearner(small_config(gamma=0.9), CHAIN_OBS, CHAIN_ACT, seed=99, policy=pi)
     c.load_state_dict(a.state_dict())
     torch.testing.assert_close(c.q(obs, torch.ones(5, dtype=torch.long)), a.q(obs, torch.ones(5, dtype=torch.long)))
-    assert a.q_net._obs_norm[0] is pi.obs_norm and a.q_target._obs_norm[0] is pi.obs_norm
+    assert a.q_net._obs_norm[0] is pi.obs_norm and a.q_target.net._obs_norm[0] is pi.obs_norm
 
 
 def test_continuous_actions_sampled_expectation():
+    """The target's E_pi Qbar(s', .) equals a loop over n clipped samples (std 1.6: many fall outside the box)."""
     obs_space, act_space = gym.spaces.Box(-1, 1, (3,), np.float32), gym.spaces.Box(-1, 1, (2,), np.float32)
-    pi = GaussianPolicy(3, 2, hidden=(16,), log_std_init=-1.0)
-    learner = FQELearner(small_config(n_action_samples=4), obs_space, act_space, policy=pi)
+    pi = GaussianPolicy(3, 2, hidden=(16,), log_std_init=0.5)
+    learner = FQELearner(small_config(n_action_samples=4, gamma=0.9), obs_space, act_space, policy=pi)
     g = torch.Generator().manual_seed(0)
     batch = Transitions(obs=torch.rand(32, 3, generator=g), action=torch.rand(32, 2, generator=g),
                         reward=torch.rand(32, generator=g), next_obs=torch.rand(32, 3, generator=g),
-                        terminated=torch.zeros(32, dtype=torch.bool), truncated=torch.zeros(32, dtype=torch.bool))
+                        terminated=torch.rand(32, generator=g) < 0.3, truncated=torch.zeros(32, dtype=torch.bool))
+    torch.manual_seed(5)
+    with torch.no_grad():
+        samples = pi.distribution(batch.next_obs).sample((4,))
+        assert (samples.abs() > 1).any()
+        v_next = torch.stack([learner.q_target(batch.next_obs, a.clamp(-1, 1)) for a in samples]).mean(0)
+        y = batch.reward + 0.9 * (~batch.terminated).float() * v_next
+        q_loss = ((learner.q_net(batch.obs, batch.action) - y) ** 2).mean()
+    torch.manual_seed(5)
     m = learner.update(batch)
-    assert np.isfinite(m["q_loss"])
+    assert m["target_mean"] == pytest.approx(float(y.mean()), rel=1e-5)
+    assert m["q_loss"] == pytest.approx(float(q_loss), rel=1e-5)
     assert learner.value(batch.obs).shape == (32,) and learner.q(batch.obs, batch.action).shape == (32,)
 
 

@@ -23,8 +23,8 @@ from hybridrl.runs import RunDir, load_checkpoint, save_checkpoint
 
 OBS = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
 SPACES = {"discrete": gym.spaces.Discrete(3), "continuous": gym.spaces.Box(-1.0, 1.0, (2,), np.float32)}
-SMALL = {"ppo": dict(n_steps=16, num_envs=2, minibatch_size=16, n_epochs=2), "bc": {}, "iql": dict(hidden=(32, 32)),
-         "fqe": dict(hidden=(32, 32)),
+SMALL = {"ppo": dict(n_steps=16, num_envs=2, minibatch_size=16, n_epochs=2), "bc": {},
+         "iql": dict(hidden=(32, 32), reward_scale=1.0), "fqe": dict(hidden=(32, 32)),
          "npg": dict(n_steps=16, num_envs=2, critic_minibatch_size=16, critic_epochs=2, hidden=(16, 16)),
          "trpo": dict(n_steps=16, num_envs=2, critic_minibatch_size=16, critic_epochs=2, hidden=(16, 16)),
          "hnpg": dict(n_steps=16, num_envs=2, critic_iters=2, hidden=(16, 16), critic_hidden=(16, 16)),

@@ -40,7 +40,7 @@ def chain_data():
 
 
 @pytest.mark.parametrize("algo,config", [("bc", BCConfig(hidden=(32, 32))),
-                                         ("iql", IQLConfig(hidden=(32, 32), normalize_reward=False))])
+                                         ("iql", IQLConfig(hidden=(32, 32), reward_scale=1.0))])
 def test_offline_learners_beat_the_dataset_on_the_chain(chain_data, algo, config):
     """BC's mode (go right) and IQL's improved policy both beat the behaviour's mean return."""
     learner = train_offline(algo, chain_data, config, 1000, seed=0, progress=False)
@@ -54,7 +54,7 @@ def test_offline_learners_beat_the_dataset_on_the_chain(chain_data, algo, config
 def test_iql_on_bandit_data_picks_the_best_arm():
     """Uniform behaviour on a 2-armed bandit (means 0 and 1): BC stays at 1/2, IQL moves to the better arm."""
     data = collect("hybridrl/Bandit-v0", None, 2000, seed=1, progress=False)
-    learner = train_offline("iql", data, IQLConfig(hidden=(32, 32), normalize_reward=False, temperature=10.0, actor_lr=3e-3,
+    learner = train_offline("iql", data, IQLConfig(hidden=(32, 32), reward_scale=1.0, beta=10.0, actor_lr=3e-3,
                                                               critic_lr=3e-3, value_lr=3e-3), 1000,
                             seed=0, progress=False)
     probs = learner.policy.probs(torch.zeros(1, data.observations.shape[1]) + data.observations[:1])
@@ -67,7 +67,7 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(chain_data, tmp_pat
     from hybridrl.errors import DivergenceError
     from hybridrl.runs import latest_checkpoint, load_checkpoint
 
-    cfg = IQLConfig(hidden=(8,), normalize_reward=False)
+    cfg = IQLConfig(hidden=(8,), reward_scale=1.0)
     run = RunDir.create(tmp_path / "iql")
     train_offline("iql", chain_data, cfg, 20, run=run, checkpoint_every=10, log_every=10, progress=False)
     good = latest_checkpoint(run)
@@ -77,4 +77,4 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(chain_data, tmp_pat
         train_offline("iql", bad, cfg, 200, run=run, resume=True, checkpoint_every=10, log_every=10, progress=False)
     assert latest_checkpoint(run) == good
     _, state = load_checkpoint(good)
-    assert all(torch.isfinite(v).all() for v in state["learner"]["q1"].values())
+    assert all(torch.isfinite(v).all() for v in state["learner"]["critic"].values())

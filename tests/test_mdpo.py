@@ -158,7 +158,7 @@ def test_mdpo_off_actor_with_c_equal_alpha_is_sac():
     mu, log_std = pol.params(obs)
     u = mu + torch.randn_like(mu) * log_std.exp()
     action = torch.tanh(u) * pol.action_scale + pol.action_bias
-    sac, _ = sac_actor_loss(squashed_log_prob(u, mu, log_std, pol.log_scale), learner.q1(obs, action), 0.3)
+    sac, _ = sac_actor_loss(squashed_log_prob(u, mu, log_std, pol.log_scale), learner.critic.q1(obs, action), 0.3)
     ref = torch.autograd.grad(sac, list(pol.parameters()))
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads, ref))
 

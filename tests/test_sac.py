@@ -3,6 +3,7 @@ buffer, the off-policy loop's resume, and learning Pendulum-v1 (slow)."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import gymnasium as gym
@@ -12,6 +13,7 @@ import torch
 from torch.distributions import AffineTransform, Independent, Normal, TanhTransform, TransformedDistribution
 
 from hybridrl.algos.sac import SACConfig, SACLearner
+from hybridrl.data.batches import Transitions
 from hybridrl.data.replay import ReplayBuffer
 from hybridrl.errors import ConfigError, ShapeError
 from hybridrl.losses.sac import sac_actor_loss, sac_critic_loss, sac_target, sac_temperature_loss
@@ -116,9 +118,40 @@ def test_actor_step_leaves_critics_alone_and_targets_track_by_polyak():
     obs = torch.randn(32, 3)
     loss, _, _ = learner._actor_loss(obs, torch.tensor(0.2))
     loss.backward()
-    assert all(p.grad is None for p in (*learner.q1.parameters(), *learner.q2.parameters()))
-    assert all(p.requires_grad for p in learner.q1.parameters())
+    assert all(p.grad is None for p in learner.critic.parameters())
+    assert all(p.requires_grad for p in learner.critic.parameters())
     assert learner.target_entropy == -2.0
+    before = [p.clone() for p in learner.critic_target.parameters()]
+    learner.update(_batch())
+    for old, new, online in zip(before, learner.critic_target.parameters(), learner.critic.parameters()):
+        torch.testing.assert_close(new, 0.9 * old + 0.1 * online)
+        assert not new.requires_grad
+
+
+def _batch(n: int = 32):
+    g = torch.Generator().manual_seed(1)
+    return Transitions(torch.randn(n, 3, generator=g), torch.rand(n, 2, generator=g) * torch.tensor([4.0, 1.0])
+                       - torch.tensor([2.0, 0.0]), torch.randn(n, generator=g), torch.randn(n, 3, generator=g),
+                       torch.rand(n, generator=g) < 0.3, torch.zeros(n, dtype=torch.bool))
+
+
+def test_critic_step_matches_the_soft_target_written_out():
+    """q_loss and target_mean of one update against eq. 5 on copies of the networks (same RNG draw for a')."""
+    cfg = SACConfig(hidden=(16,), gamma=0.9, reward_scale=3.0, alpha=0.5)
+    learner = SACLearner(cfg, OBS, ACT, seed=2)
+    batch = _batch()
+    policy, critic, target = (copy.deepcopy(m) for m in (learner.policy, learner.critic, learner.critic_target.net))
+    torch.manual_seed(4)
+    with torch.no_grad():
+        a2, logp2 = policy.sample(batch.next_obs)
+        next_v = torch.minimum(target.q1(batch.next_obs, a2), target.q2(batch.next_obs, a2)) - 0.5 * logp2
+        y = 3.0 * batch.reward + 0.9 * (~batch.terminated).float() * next_v
+        q_loss = 0.5 * ((critic.q1(batch.obs, batch.action) - y) ** 2).mean() \
+            + 0.5 * ((critic.q2(batch.obs, batch.action) - y) ** 2).mean()
+    torch.manual_seed(4)
+    m = learner.update(batch)
+    assert m["target_mean"] == pytest.approx(float(y.mean()), rel=1e-5)
+    assert m["q_loss"] == pytest.approx(float(q_loss), rel=1e-5) and m["alpha"] == pytest.approx(0.5)
 
 
 # ------------------------------------------------------------------------------------------------ replay

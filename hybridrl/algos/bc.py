@@ -43,23 +43,33 @@ class BCConfig:
     log_std_init: float = -0.5
 
     def __post_init__(self) -> None:
-        check_config(self, lr=(1e-12, None), batch_size=(1, None), weight_decay=(0.0, None), max_grad_norm=(1e-12, None))
+        check_config(self, lr=(1e-12, None), batch_size=(1, None), weight_decay=(0.0, None),
+                     max_grad_norm=(1e-12, None))
 
 
 class BCLearner:
-    """Behaviour cloning learner; ``update(Transitions) -> {"bc_loss", "logp_mean"}``."""
+    """Behaviour cloning learner (Discrete or Box actions; continuous: a Gaussian with a tanh-bounded mean)."""
 
     def __init__(self, config: BCConfig, observation_space: gym.Space, action_space: gym.Space, seed: int = 0,
                  policy: Policy | None = None):
         torch.manual_seed(seed)
         self.config = config
-        self.policy = policy or make_policy(
-            observation_space, action_space, config.hidden, config.activation,
-            **({} if isinstance(action_space, gym.spaces.Discrete) else {"tanh_mean": True, "log_std_init": config.log_std_init}),
-        )
+        gaussian = {} if isinstance(action_space, gym.spaces.Discrete) else {"tanh_mean": True,
+                                                                            "log_std_init": config.log_std_init}
+        self.policy = policy or make_policy(observation_space, action_space, config.hidden, config.activation,
+                                            **gaussian)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
     def update(self, batch: Transitions) -> dict[str, float]:
+        """One gradient step of ``-mean log pi(a|s)`` over the batch.
+
+        Args:
+            batch: ``B`` dataset transitions; only ``obs [B, obs_dim]`` and ``action`` (``[B, |A|]`` float32 for Box,
+                int64 ``[B]`` for Discrete) are read.
+        Returns:
+            ``bc_loss`` (the negative log-likelihood, nats per sample) and ``logp_mean`` (``mean log pi(a|s)``).
+        Source: Pomerleau (1991); the BC baseline of Fujimoto & Gu (2021) arXiv:2106.06860 with a stochastic policy.
+        """
         logp = self.policy.log_prob(batch.obs, batch.action)
         loss, metrics = bc_loss(logp)
         gradient_step(self.optimizer, loss, self.config.max_grad_norm)

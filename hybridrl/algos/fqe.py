@@ -29,7 +29,7 @@ from hybridrl.data.batches import Transitions
 from hybridrl.errors import ConfigError
 from hybridrl.losses import td_loss
 from hybridrl.nn import Policy, QNet, policy_matches_spaces
-from hybridrl.ops import polyak_update
+from hybridrl.nn.critics import TargetNetwork
 
 
 @dataclass(frozen=True)
@@ -93,10 +93,7 @@ class FQELearner:
         act_dim = int(action_space.n) if self.discrete else action_space.shape[0]
         args = (obs_dim, act_dim, self.discrete, config.hidden, config.activation)
         self.q_net = QNet(*args, obs_norm=policy.obs_norm)
-        self.q_target = QNet(*args, obs_norm=policy.obs_norm)
-        self.q_target.load_state_dict(self.q_net.state_dict())
-        for p in self.q_target.parameters():
-            p.requires_grad_(False)
+        self.q_target = TargetNetwork(QNet(*args, obs_norm=policy.obs_norm), self.q_net)
         if not self.discrete:
             self._low = torch.as_tensor(action_space.low, dtype=torch.float32)
             self._high = torch.as_tensor(action_space.high, dtype=torch.float32)
@@ -111,19 +108,27 @@ class FQELearner:
         n = self.config.n_action_samples
         actions = self.policy.distribution(obs).sample((n,))  # [n, B, act_dim]
         actions = torch.maximum(torch.minimum(actions.float(), self._high), self._low)
-        obs_rep = obs.unsqueeze(0).expand(n, *obs.shape).reshape(n * obs.shape[0], -1)
-        q = net(obs_rep, actions.reshape(n * obs.shape[0], -1)).reshape(n, obs.shape[0])
-        return q.mean(0)
+        return net(obs.expand(n, *obs.shape), actions).mean(0)  # Q: [n, B] -> [B]
 
     def update(self, batch: Transitions) -> dict[str, float]:
-        """One regression step of Q(s, a) towards r + gamma (1 - terminated) E_pi Qbar(s', .)."""
+        """One regression step of Q(s, a) towards y = r + gamma (1 - terminated) E_pi Qbar(s', .), then
+        ``Qbar <- (1 - tau) Qbar + tau Q``.
+
+        Args:
+            batch: ``B`` logged transitions: ``obs``/``next_obs [B, obs_dim]``, ``action [B, |A|]`` float32
+                (continuous) or int64 ``[B]`` (discrete), ``reward [B]``, ``terminated [B]`` bool (truncated steps
+                bootstrap).
+        Returns:
+            ``q_loss`` (mean squared TD error), ``q_mean`` (mean Q(s, a)) and ``target_mean`` (mean y).
+        Source: Le, Voloshin & Yue (2019) arXiv:1903.08738, Algorithm 3 (FQE).
+        """
         cfg = self.config
         with torch.no_grad():
-            v_next = self._expected_q(self.q_target, batch.next_obs)
+            v_next = self._expected_q(self.q_target.net, batch.next_obs)
             target = batch.reward + cfg.gamma * (~batch.terminated).float() * v_next
         loss, metrics = td_loss(self.q_net(batch.obs, batch.action), target)
         gradient_step(self.optimizer, loss, cfg.max_grad_norm)
-        polyak_update(self.q_target.parameters(), self.q_net.parameters(), cfg.tau)
+        self.q_target.update(cfg.tau)
         metrics["target_mean"] = float(target.mean())
         return metrics
 

@@ -13,15 +13,20 @@ Truncated transitions bootstrap from V(s'); only termination stops the bootstrap
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
 import gymnasium as gym
 import torch
 
 from hybridrl.algos import check_config, gradient_step
 from hybridrl.data.batches import Transitions
+from hybridrl.errors import ConfigError
 from hybridrl.losses import awr_policy_loss, expectile_loss, td_loss
-from hybridrl.nn import Policy, QNet, ValueNet, make_policy
-from hybridrl.ops import polyak_update
+from hybridrl.nn import Policy, ValueNet, make_policy
+from hybridrl.nn.critics import TargetNetwork, TwinQ
+
+if TYPE_CHECKING:
+    from hybridrl.data.dataset import Dataset
 
 
 @dataclass(frozen=True)
@@ -29,18 +34,24 @@ class IQLConfig:
     """IQL hyperparameters (defaults: the authors' locomotion config).
 
     Attributes:
-        actor_lr, critic_lr, value_lr: Adam learning rates (> 0).
+        actor_lr, critic_lr, value_lr: Adam learning rates (> 0) of the actor, the twin Q critics and V.
         batch_size: transitions per gradient step (used by the loop).
         hidden: hidden widths of actor, critics and value net.
         gamma: discount in [0, 1).
         tau: Polyak rate of the target critics in (0, 1].
         expectile: tau of the expectile value loss in (0, 1); 0.5 is SARSA-like, -> 1 approaches max Q.
-        temperature: beta, inverse temperature of the advantage weights (>= 0; 0 is behaviour cloning).
+        beta: inverse temperature of the advantage weights exp(beta A) (>= 0; 0 is behaviour cloning; eq. 7).
         max_weight: clip of exp(beta * A) (paper: 100).
-        normalize_reward: scale rewards by 1000 / (max - min episode return) of the dataset (set by
-            the loop through ``reward_scale``), as the authors do for locomotion.
+        reward_scale: rewards are multiplied by this before the TD target (> 0). None (default): the authors'
+            locomotion rule 1000 / (max - min episode return of the dataset), computed by
+            :meth:`IQLLearner.prepare` (1.0 when all episodes have the same return); 1.0: unscaled rewards.
         max_grad_norm: global gradient-norm clip per optimiser (the two critics share one); None disables.
+
+    ``temperature`` and ``normalize_reward`` were renamed to ``beta`` and ``reward_scale`` (``RENAMED_KEYS``: a
+    config file or ``--set`` using an old key gets a ConfigError saying so).
     """
+
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {"temperature": "beta", "normalize_reward": "reward_scale"}
 
     actor_lr: float = 3e-4
     critic_lr: float = 3e-4
@@ -50,20 +61,25 @@ class IQLConfig:
     gamma: float = 0.99
     tau: float = 0.005
     expectile: float = 0.7
-    temperature: float = 3.0
+    beta: float = 3.0
     max_weight: float = 100.0
-    normalize_reward: bool = True
+    reward_scale: float | None = None
     max_grad_norm: float | None = None
 
     def __post_init__(self) -> None:
-        check_config(self, actor_lr=(1e-12, None), critic_lr=(1e-12, None), value_lr=(1e-12, None), batch_size=(1, None),
-                     gamma=(0.0, 0.9999), tau=(1e-6, 1.0), expectile=(1e-3, 0.999), temperature=(0.0, None),
-                     max_weight=(1e-6, None), max_grad_norm=(1e-12, None))
+        check_config(self, actor_lr=(1e-12, None), critic_lr=(1e-12, None), value_lr=(1e-12, None),
+                     batch_size=(1, None), gamma=(0.0, 0.9999), tau=(1e-6, 1.0), expectile=(1e-3, 0.999),
+                     beta=(0.0, None), max_weight=(1e-6, None), reward_scale=(1e-12, None),
+                     max_grad_norm=(1e-12, None))
 
 
 class IQLLearner:
-    """IQL learner. ``update(Transitions)`` returns value_loss, expectile_weight_mean, q_loss, q_mean, v_mean, actor_loss,
-    weight_mean and weight_max."""
+    """IQL learner (Discrete or Box actions). Call :meth:`prepare` with the training dataset once on a fresh run
+    (it fixes the reward scale), then :meth:`update` per batch.
+
+    ``reward_scale`` is the scale in use (None until :meth:`prepare` when ``config.reward_scale`` is None); it is
+    saved in :meth:`state_dict`, so a resumed run keeps the scale of its first start.
+    """
 
     def __init__(self, config: IQLConfig, observation_space: gym.Space, action_space: gym.Space, seed: int = 0,
                  policy: Policy | None = None):
@@ -76,59 +92,80 @@ class IQLLearner:
         )
         obs_dim = observation_space.shape[0]
         act_dim = int(action_space.n) if discrete else action_space.shape[0]
-        norm = self.policy.obs_norm
-        self.q1 = QNet(obs_dim, act_dim, discrete, config.hidden, "relu", obs_norm=norm)
-        self.q2 = QNet(obs_dim, act_dim, discrete, config.hidden, "relu", obs_norm=norm)
-        # Targets share the policy's normaliser (a deepcopy would freeze a private copy of its statistics).
-        self.q1_target = QNet(obs_dim, act_dim, discrete, config.hidden, "relu", obs_norm=norm)
-        self.q2_target = QNet(obs_dim, act_dim, discrete, config.hidden, "relu", obs_norm=norm)
-        self.q1_target.load_state_dict(self.q1.state_dict())
-        self.q2_target.load_state_dict(self.q2.state_dict())
-        for p in (*self.q1_target.parameters(), *self.q2_target.parameters()):
-            p.requires_grad_(False)
-        self.value = ValueNet(obs_dim, config.hidden, "relu", obs_norm=norm)
-        self.reward_scale = 1.0
+        critic = (obs_dim, act_dim, discrete, config.hidden, "relu")
+        self.critic = TwinQ(*critic, obs_norm=self.policy.obs_norm)
+        self.critic_target = TargetNetwork(TwinQ(*critic, obs_norm=self.policy.obs_norm), self.critic)
+        self.value = ValueNet(obs_dim, config.hidden, "relu", obs_norm=self.policy.obs_norm)
+        self.reward_scale: float | None = config.reward_scale
         self.actor_opt = torch.optim.Adam(self.policy.parameters(), lr=config.actor_lr)
-        self.critic_opt = torch.optim.Adam([*self.q1.parameters(), *self.q2.parameters()], lr=config.critic_lr)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
         self.value_opt = torch.optim.Adam(self.value.parameters(), lr=config.value_lr)
 
-    def _step(self, opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
-        gradient_step(opt, loss, self.config.max_grad_norm)
+    def prepare(self, dataset: Dataset) -> None:
+        """Fix the reward scale from the training data (the offline loop calls this once on a fresh run).
+
+        ``config.reward_scale`` None: ``1000 / (max_e R_e - min_e R_e)`` over the undiscounted episode returns
+        ``R_e`` of ``dataset`` (1.0 when they are all equal), the authors' locomotion rule (Kostrikov et al. 2021,
+        official ``train_offline.py``). A number: that number.
+        """
+        if self.config.reward_scale is not None:
+            self.reward_scale = float(self.config.reward_scale)
+            return
+        returns = dataset.episode_returns()
+        spread = float(returns.max() - returns.min())
+        self.reward_scale = 1000.0 / spread if spread > 0 else 1.0
 
     def update(self, batch: Transitions) -> dict[str, float]:
+        """One gradient step of V (eq. 5), then of the twin critics (eq. 6), then of the actor (eq. 7, advantages
+        from the pre-update V); then the Polyak target critics.
+
+        Args:
+            batch: ``B`` dataset transitions: ``obs``/``next_obs [B, obs_dim]``, ``action [B, |A|]`` float32 (Box)
+                or int64 ``[B]`` (Discrete), ``reward [B]`` (raw; multiplied by ``reward_scale`` here),
+                ``terminated [B]`` bool (truncated steps bootstrap from V(s')).
+        Returns:
+            ``value_loss``, ``expectile_weight_mean`` (mean |tau - 1(u < 0)|), ``q_loss`` (sum of both critics'
+            mean squared TD errors), ``q_mean`` (mean Q_1(s, a)), ``v_mean``, ``actor_loss``, ``weight_mean`` and
+            ``weight_max`` (the clipped AWR weights).
+        Raises:
+            ConfigError: ``reward_scale`` is still None (:meth:`prepare` was not called).
+        Source: Kostrikov, Nair & Levine (2021) arXiv:2110.06169, eqs. 5-7 and Algorithm 1.
+        """
         cfg = self.config
-        with torch.no_grad():
-            q_target = torch.min(self.q1_target(batch.obs, batch.action), self.q2_target(batch.obs, batch.action))
+        if self.reward_scale is None:
+            raise ConfigError("IQLConfig.reward_scale=None is computed from the dataset: call "
+                              "IQLLearner.prepare(dataset) before update, or set reward_scale (1.0: unscaled)")
+        q_target = torch.min(*self.critic_target(batch.obs, batch.action))
         # Value: expectile regression towards the target critics (eq. 5).
         v = self.value(batch.obs)
         v_loss, metrics = expectile_loss(q_target - v, cfg.expectile)
-        self._step(self.value_opt, v_loss)
+        gradient_step(self.value_opt, v_loss, cfg.max_grad_norm)
         # Critics: TD towards r + gamma V(s'), bootstrapping through truncation (eq. 6).
         with torch.no_grad():
             not_done = (~batch.terminated).float()
             target = batch.reward * self.reward_scale + cfg.gamma * not_done * self.value(batch.next_obs)
-        q1_loss, m1 = td_loss(self.q1(batch.obs, batch.action), target)
-        q2_loss, _ = td_loss(self.q2(batch.obs, batch.action), target)
-        self._step(self.critic_opt, q1_loss + q2_loss)
+        q1, q2 = self.critic(batch.obs, batch.action)
+        q1_loss, m1 = td_loss(q1, target)
+        q2_loss, _ = td_loss(q2, target)
+        gradient_step(self.critic_opt, q1_loss + q2_loss, cfg.max_grad_norm)
         # Actor: advantage-weighted regression (eq. 7), advantages from the pre-update V.
-        advantage = (q_target - v.detach())
+        advantage = q_target - v.detach()
         logp = self.policy.log_prob(batch.obs, batch.action)
-        a_loss, ma = awr_policy_loss(logp, advantage, cfg.temperature, cfg.max_weight)
-        self._step(self.actor_opt, a_loss)
-        polyak_update(self.q1_target.parameters(), self.q1.parameters(), cfg.tau)
-        polyak_update(self.q2_target.parameters(), self.q2.parameters(), cfg.tau)
-        metrics.update(q_loss=float(q1_loss.detach() + q2_loss.detach()), q_mean=m1.get("q_mean", float(q_target.mean())),
+        a_loss, ma = awr_policy_loss(logp, advantage, cfg.beta, cfg.max_weight)
+        gradient_step(self.actor_opt, a_loss, cfg.max_grad_norm)
+        self.critic_target.update(cfg.tau)
+        metrics.update(q_loss=float(q1_loss.detach() + q2_loss.detach()), q_mean=m1["q_mean"],
                        v_mean=float(v.detach().mean()), **ma)
         return metrics
 
     def _modules(self) -> dict[str, torch.nn.Module]:
-        return {"policy": self.policy, "q1": self.q1, "q2": self.q2, "q1_target": self.q1_target,
-                "q2_target": self.q2_target, "value": self.value}
+        return {"policy": self.policy, "critic": self.critic, "critic_target": self.critic_target,
+                "value": self.value}
 
     def state_dict(self) -> dict:
         state = {k: m.state_dict() for k, m in self._modules().items()}
         state.update(actor_opt=self.actor_opt.state_dict(), critic_opt=self.critic_opt.state_dict(),
-                     value_opt=self.value_opt.state_dict(), reward_scale=float(self.reward_scale))
+                     value_opt=self.value_opt.state_dict(), reward_scale=self.reward_scale)
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -137,4 +174,5 @@ class IQLLearner:
         self.actor_opt.load_state_dict(state["actor_opt"])
         self.critic_opt.load_state_dict(state["critic_opt"])
         self.value_opt.load_state_dict(state["value_opt"])
-        self.reward_scale = float(state["reward_scale"])
+        scale = state["reward_scale"]
+        self.reward_scale = None if scale is None else float(scale)

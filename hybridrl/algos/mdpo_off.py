@@ -23,14 +23,14 @@ from typing import Literal
 import gymnasium as gym
 import torch
 
-from hybridrl.algos import check_config
+from hybridrl.algos import check_config, gradient_step
 from hybridrl.data.batches import Transitions
 from hybridrl.errors import ConfigError
 from hybridrl.losses.mdpo import mdpo_off_actor_loss
 from hybridrl.losses.sac import sac_critic_loss, sac_target
-from hybridrl.nn import Policy, QNet
+from hybridrl.nn import Policy
+from hybridrl.nn.critics import TargetNetwork, TwinQ
 from hybridrl.nn.tanh_gaussian import TanhGaussianPolicy, squashed_log_prob
-from hybridrl.ops import polyak_update
 
 
 @dataclass(frozen=True)
@@ -77,12 +77,13 @@ class MDPOOffConfig:
         if self.actor_q not in ("q1", "min"):
             raise ConfigError(f"MDPOOffConfig.actor_q={self.actor_q!r}; expected 'q1' or 'min'")
         if self.buffer_size < self.num_envs:
-            raise ConfigError(f"MDPOOffConfig.buffer_size={self.buffer_size} must hold one step of num_envs={self.num_envs}")
+            raise ConfigError(f"MDPOOffConfig.buffer_size={self.buffer_size} must hold one step of "
+                              f"num_envs={self.num_envs}")
 
 
 class MDPOOffLearner:
-    """Off-policy MDPO learner: ``update(Transitions) -> metrics`` (q_loss, q_mean, target_mean, actor_loss, kl,
-    entropy, q_pi, reg_loss, alpha, kl_coef).
+    """Off-policy MDPO learner: ``policy`` (pi_theta), its frozen copy ``old_policy`` (pi_k), twin critics ``critic``
+    (:class:`TwinQ`) and their Polyak copy ``critic_target`` (:class:`TargetNetwork`); :meth:`update` per batch.
 
     Raises:
         ConfigError: a Discrete action space, or a given ``policy`` that is not a :class:`TanhGaussianPolicy`.
@@ -102,15 +103,11 @@ class MDPOOffLearner:
                                                    action_high=action_space.high.tolist())
         self.old_policy = copy.deepcopy(self.policy)  # pi_k, frozen between refreshes
         self.old_policy.requires_grad_(False)
-        norm = self.policy.obs_norm
-        self.q1, self.q2, self.q1_target, self.q2_target = (
-            QNet(obs_dim, act_dim, False, config.hidden, config.activation, obs_norm=norm) for _ in range(4))
-        self.q1_target.load_state_dict(self.q1.state_dict())
-        self.q2_target.load_state_dict(self.q2.state_dict())
-        self.q1_target.requires_grad_(False)
-        self.q2_target.requires_grad_(False)
+        critic = (obs_dim, act_dim, False, config.hidden, config.activation)
+        self.critic = TwinQ(*critic, obs_norm=self.policy.obs_norm)
+        self.critic_target = TargetNetwork(TwinQ(*critic, obs_norm=self.policy.obs_norm), self.critic)
         self.actor_opt = torch.optim.Adam(self.policy.parameters(), lr=config.actor_lr)
-        self.critic_opt = torch.optim.Adam([*self.q1.parameters(), *self.q2.parameters()], lr=config.critic_lr)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
         self.n_updates = 0
 
     def _actor_loss(self, obs: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
@@ -122,46 +119,51 @@ class MDPOOffLearner:
         with torch.no_grad():
             old_mu, old_log_std = self.old_policy.params(obs)
         old_logp = squashed_log_prob(u, old_mu, old_log_std, pol.log_scale)  # gradient only through u
-        critics = [*self.q1.parameters(), *self.q2.parameters()]
-        for p in critics:
-            p.requires_grad_(False)
+        self.critic.requires_grad_(False)
         try:
-            q = self.q1(obs, action) if cfg.actor_q == "q1" else torch.min(self.q1(obs, action), self.q2(obs, action))
+            q = self.critic.q1(obs, action) if cfg.actor_q == "q1" else self.critic.min(obs, action)
         finally:
-            for p in critics:
-                p.requires_grad_(True)
+            self.critic.requires_grad_(True)
         loss, metrics = mdpo_off_actor_loss(logp, old_logp, q, cfg.kl_coef, cfg.alpha)
         reg = cfg.param_reg * (mu.pow(2).mean() + log_std.pow(2).mean())
         metrics["reg_loss"] = float(reg.detach())
         return loss + reg, metrics
 
     def update(self, batch: Transitions) -> dict[str, float]:
+        """One gradient step of the twin critics, then of the actor; Polyak targets; pi_k refreshed every
+        ``old_policy_interval`` updates.
+
+        Args:
+            batch: ``B`` replay transitions: ``obs``/``next_obs [B, obs_dim]``, ``action [B, |A|]`` float32 in the
+                action box, ``reward [B]``, ``terminated [B]`` bool (truncated steps bootstrap).
+        Returns:
+            ``q_loss``, ``q_mean``, ``target_mean`` (critic), ``actor_loss``, ``kl`` (one-sample
+            ``log pi_theta - log pi_k``), ``entropy`` (``-mean log pi_theta``, nats), ``q_pi`` (critic at the actor's
+            action), ``reg_loss``, and the fixed ``alpha`` and ``kl_coef``.
+        Source: Tomar et al. (2020) arXiv:2005.09814, off-policy MDPO (official ``mdpo_off/mdpo.py``); critic target
+        of Haarnoja et al. (2018) arXiv:1812.05905, eq. 5.
+        """
         cfg = self.config
         with torch.no_grad():
             next_action, next_logp = self.policy.sample(batch.next_obs)
-            next_q = torch.min(self.q1_target(batch.next_obs, next_action), self.q2_target(batch.next_obs, next_action))
+            next_q = torch.min(*self.critic_target(batch.next_obs, next_action))
             target = sac_target(batch.reward, batch.terminated, next_q, next_logp, cfg.alpha, cfg.gamma)
-        q_loss, metrics = sac_critic_loss(self.q1(batch.obs, batch.action), self.q2(batch.obs, batch.action), target)
-        self.critic_opt.zero_grad(set_to_none=True)
-        q_loss.backward()
-        self.critic_opt.step()
+        q_loss, metrics = sac_critic_loss(*self.critic(batch.obs, batch.action), target)
+        gradient_step(self.critic_opt, q_loss)
 
         actor_loss, am = self._actor_loss(batch.obs)
-        self.actor_opt.zero_grad(set_to_none=True)
-        actor_loss.backward()
-        self.actor_opt.step()
+        gradient_step(self.actor_opt, actor_loss)
         metrics.update(am, alpha=cfg.alpha, kl_coef=cfg.kl_coef)
 
-        polyak_update(self.q1_target, self.q1, cfg.tau)
-        polyak_update(self.q2_target, self.q2, cfg.tau)
+        self.critic_target.update(cfg.tau)
         self.n_updates += 1
         if self.n_updates % cfg.old_policy_interval == 0:
             self.old_policy.load_state_dict(self.policy.state_dict())
         return metrics
 
     def _modules(self) -> dict[str, torch.nn.Module]:
-        return {"policy": self.policy, "old_policy": self.old_policy, "q1": self.q1, "q2": self.q2,
-                "q1_target": self.q1_target, "q2_target": self.q2_target}
+        return {"policy": self.policy, "old_policy": self.old_policy, "critic": self.critic,
+                "critic_target": self.critic_target}
 
     def state_dict(self) -> dict:
         state = {k: m.state_dict() for k, m in self._modules().items()}

@@ -11,7 +11,7 @@ One ``update(Transitions)`` is one gradient step of each part, in the order of S
 ``policy="mixture"`` (PMOE-SAC): the actor is a :class:`GaussianMixturePolicy` of ``n_experts`` tanh-Gaussians.
 Every expert draws one action, only the best one under ``min_i Q_i`` is back-propagated (its own density in the
 entropy term) and the router regresses onto ``onehot(best)``; the critic target uses an expert drawn from the
-router at s' and that expert's own log-density (ALGORITHMS.md §7, official rlkit-pmoe ``PMOEsac.py``).
+router at s' and that expert's own log-density (Ren et al. 2021 sec. 4, official rlkit-pmoe ``PMOEsac.py``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from hybridrl.algos import check_config
+from hybridrl.algos import check_config, gradient_step
 from hybridrl.data.batches import Transitions
 from hybridrl.errors import ConfigError
 from hybridrl.losses.sac import (
@@ -34,10 +34,10 @@ from hybridrl.losses.sac import (
     sac_target,
     sac_temperature_loss,
 )
-from hybridrl.nn import Policy, QNet
+from hybridrl.nn import Policy
+from hybridrl.nn.critics import TargetNetwork, TwinQ
 from hybridrl.nn.mixture import GaussianMixturePolicy, make_mixture_policy
 from hybridrl.nn.tanh_gaussian import TanhGaussianPolicy
-from hybridrl.ops import polyak_update
 
 
 @dataclass(frozen=True)
@@ -94,8 +94,8 @@ class SACConfig:
 
 
 class SACLearner:
-    """SAC / PMOE-SAC learner. ``update(Transitions)`` returns q_loss, q_mean, target_mean, actor_loss, entropy,
-    alpha (and alpha_loss when autotuned); PMOE adds best_q_mean, router_loss, router_entropy and best_weight.
+    """SAC / PMOE-SAC learner: ``policy``, twin critics ``critic`` (:class:`TwinQ`) and their Polyak copy
+    ``critic_target`` (:class:`TargetNetwork`), the temperature ``log_alpha``; :meth:`update` per replay batch.
 
     Raises:
         ConfigError: a Discrete action space (SAC here is for continuous actions), or a given ``policy`` whose
@@ -121,24 +121,15 @@ class SACLearner:
             self.policy = TanhGaussianPolicy(obs_dim, act_dim, config.hidden, config.activation,
                                              action_low=action_space.low.tolist(),
                                              action_high=action_space.high.tolist())
-        norm = self.policy.obs_norm
-        self.q1, self.q2, self.q1_target, self.q2_target = (
-            QNet(obs_dim, act_dim, False, config.hidden, config.activation, obs_norm=norm) for _ in range(4))
-        self.q1_target.load_state_dict(self.q1.state_dict())
-        self.q2_target.load_state_dict(self.q2.state_dict())
-        for p in (*self.q1_target.parameters(), *self.q2_target.parameters()):
-            p.requires_grad_(False)
+        critic = (obs_dim, act_dim, False, config.hidden, config.activation)
+        self.critic = TwinQ(*critic, obs_norm=self.policy.obs_norm)
+        self.critic_target = TargetNetwork(TwinQ(*critic, obs_norm=self.policy.obs_norm), self.critic)
         self.target_entropy = float(-act_dim if config.target_entropy is None else config.target_entropy)
         self.log_alpha = torch.tensor([float(np.log(config.alpha))], requires_grad=True)
         # fused Adam: the same update rule in one kernel per step (about 20% less time per SAC update on CPU)
         self.actor_opt = torch.optim.Adam(self.policy.parameters(), lr=config.actor_lr, fused=True)
-        self.critic_opt = torch.optim.Adam([*self.q1.parameters(), *self.q2.parameters()], lr=config.critic_lr,
-                                           fused=True)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr, fused=True)
         self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=config.alpha_lr)
-
-    def _min_q(self, obs: torch.Tensor, action: torch.Tensor, target: bool = False) -> torch.Tensor:
-        q1, q2 = (self.q1_target, self.q2_target) if target else (self.q1, self.q2)
-        return torch.min(q1(obs, action), q2(obs, action))
 
     def _next_action(self, next_obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``a' ~ pi(.|s')`` and the log-density the target uses (PMOE: expert j ~ w(s') and its own density)."""
@@ -151,52 +142,53 @@ class SACLearner:
 
     def _actor_loss(self, obs: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """Actor (+ router) loss, the log-prob the temperature uses, and metrics; critic weights get no gradient."""
-        critic_params = [*self.q1.parameters(), *self.q2.parameters()]
-        for p in critic_params:
-            p.requires_grad_(False)
+        self.critic.requires_grad_(False)
         try:
             if isinstance(self.policy, GaussianMixturePolicy):
-                actions, expert_logp, w = self.policy.expert_sample(obs)
-                b, k, a = actions.shape
-                q = self._min_q(obs.repeat_interleave(k, 0), actions.reshape(b * k, a)).reshape(b, k)
+                actions, expert_logp, w = self.policy.expert_sample(obs)  # [B, K, |A|]
+                q = self.critic.min(obs.unsqueeze(1).expand(-1, actions.shape[1], -1), actions)  # [B, K]
                 loss, metrics = pmoe_actor_loss(expert_logp, q, alpha)
                 r_loss, rm = pmoe_router_loss(w, q)
                 metrics.update(rm)
                 logp = expert_logp.gather(1, pmoe_best_expert(q).unsqueeze(-1)).squeeze(-1)
                 return loss + r_loss, logp, metrics
             action, logp = self.policy.sample(obs)
-            loss, metrics = sac_actor_loss(logp, self._min_q(obs, action), alpha)
+            loss, metrics = sac_actor_loss(logp, self.critic.min(obs, action), alpha)
             return loss, logp, metrics
         finally:
-            for p in critic_params:
-                p.requires_grad_(True)
+            self.critic.requires_grad_(True)
 
     def update(self, batch: Transitions) -> dict[str, float]:
+        """One gradient step of the twin critics, then the actor (and router), then alpha; then the Polyak targets.
+
+        Args:
+            batch: ``B`` replay transitions: ``obs``/``next_obs [B, obs_dim]``, ``action [B, |A|]`` float32 in the
+                action box, ``reward [B]``, ``terminated [B]`` bool (truncated steps bootstrap).
+        Returns:
+            ``q_loss`` (J_Q), ``q_mean`` (mean of both critics), ``target_mean`` (y), ``actor_loss``, ``entropy``
+            (``-mean log pi``, nats), ``alpha`` (the temperature used in this step), ``alpha_loss`` when autotuned;
+            PMOE adds ``best_q_mean``, ``router_loss``, ``router_entropy`` and ``best_weight``.
+        Source: Haarnoja et al. (2018) arXiv:1812.05905, Algorithm 1 (eqs. 5, 7, 18); Ren et al. (2021) for PMOE.
+        """
         cfg = self.config
         alpha = self.log_alpha.detach().exp().squeeze(0)
         with torch.no_grad():
             next_action, next_logp = self._next_action(batch.next_obs)
             target = sac_target(batch.reward * cfg.reward_scale, batch.terminated,
-                                self._min_q(batch.next_obs, next_action, target=True), next_logp, alpha, cfg.gamma)
-        q_loss, metrics = sac_critic_loss(self.q1(batch.obs, batch.action), self.q2(batch.obs, batch.action), target)
-        self.critic_opt.zero_grad(set_to_none=True)
-        q_loss.backward()
-        self.critic_opt.step()
+                                torch.min(*self.critic_target(batch.next_obs, next_action)), next_logp, alpha,
+                                cfg.gamma)
+        q_loss, metrics = sac_critic_loss(*self.critic(batch.obs, batch.action), target)
+        gradient_step(self.critic_opt, q_loss)
 
         actor_loss, logp, am = self._actor_loss(batch.obs, alpha)
-        self.actor_opt.zero_grad(set_to_none=True)
-        actor_loss.backward()
-        self.actor_opt.step()
+        gradient_step(self.actor_opt, actor_loss)
         metrics.update(am, alpha=float(alpha))
 
         if cfg.autotune:
             t_loss, tm = sac_temperature_loss(self.log_alpha, logp, self.target_entropy)
-            self.alpha_opt.zero_grad(set_to_none=True)
-            t_loss.backward()
-            self.alpha_opt.step()
+            gradient_step(self.alpha_opt, t_loss)
             metrics["alpha_loss"] = tm["alpha_loss"]
-        polyak_update(self.q1_target, self.q1, cfg.tau)
-        polyak_update(self.q2_target, self.q2, cfg.tau)
+        self.critic_target.update(cfg.tau)
         return metrics
 
     @property
@@ -205,8 +197,7 @@ class SACLearner:
         return float(self.log_alpha.detach().exp())
 
     def _modules(self) -> dict[str, torch.nn.Module]:
-        return {"policy": self.policy, "q1": self.q1, "q2": self.q2, "q1_target": self.q1_target,
-                "q2_target": self.q2_target}
+        return {"policy": self.policy, "critic": self.critic, "critic_target": self.critic_target}
 
     def state_dict(self) -> dict:
         state = {k: m.state_dict() for k, m in self._modules().items()}

@@ -156,6 +156,9 @@ def _field_types(cls: type) -> dict[str, Any]:
 
 
 def _unknown_msg(key: str, hints: Mapping[str, Any], cls: type) -> str:
+    renamed = getattr(cls, "RENAMED_KEYS", {}).get(key.rsplit(".", 1)[-1])  # a config's old key -> its new key
+    if renamed is not None:
+        return f"config key '{key}' of {cls.__name__} was renamed to '{renamed}'"
     close = difflib.get_close_matches(key, list(hints), n=1)
     hint = f"; did you mean '{close[0]}'?" if close else "."
     return f"unknown config key '{key}' for {cls.__name__}{hint} Valid keys: {', '.join(hints)}"
