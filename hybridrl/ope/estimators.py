@@ -96,11 +96,11 @@ def _check_inputs(dataset: Dataset, policy: Policy, gamma: float) -> None:
 
 def check_policy_fits_dataset(policy: Policy, dataset: Dataset, name: str = "the evaluated policy") -> None:
     """Raise ShapeError naming both shapes when ``policy`` cannot act in ``dataset``'s observation/action spaces."""
-    reason = policy_matches_spaces(policy, dataset.observation_space, dataset.action_space)
+    reason = policy_matches_spaces(policy, dataset.observation_space, dataset.action_space, where="dataset")
     if reason is not None:
         where = f" {dataset.path}" if dataset.path else ""
         raise ShapeError(f"{name} does not fit the dataset{where} (observations {dataset.observation_space.shape}, "
-                         f"actions {dataset.action_space}): {reason.replace('env', 'dataset')}")
+                         f"actions {dataset.action_space}): {reason}")
 
 
 def episode_arrays(dataset: Dataset, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
