@@ -351,3 +351,20 @@ def test_measures(tmp_path):
     assert state_action_coverage(sub, ds, log=True) == pytest.approx(np.log(4) / np.log(18))
     out = plot_return_histogram(ds, tmp_path / "hist.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_needs_overwrite_to_replace_and_names_unwritable_paths(tmp_path):
+    from hybridrl.errors import ConfigError
+
+    ds = _toy()
+    out = tmp_path / "hist.png"
+    out.write_bytes(b"keep")
+    with pytest.raises(ConfigError, match=r"hist.png already exists; pass overwrite=True"):
+        plot_return_histogram(ds, out)
+    assert out.read_bytes() == b"keep"
+    assert plot_return_histogram(ds, out, overwrite=True).read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ConfigError, match="is a directory"):
+        plot_return_histogram(ds, tmp_path)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match=r"cannot write the plot .*file/sub/h.png"):
+        plot_return_histogram(ds, tmp_path / "file" / "sub" / "h.png")
