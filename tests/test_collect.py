@@ -13,6 +13,7 @@ from scipy.stats import norm
 from hybridrl.data.collect import collect, policy_hash
 from hybridrl.data.dataset import Dataset
 from hybridrl.envs import make_env
+from hybridrl.envs.toy import ChainEnv
 from hybridrl.errors import ConfigError, EnvError
 from hybridrl.nn import make_policy, save_policy
 
@@ -160,3 +161,30 @@ def test_collect_with_a_tanh_gaussian_policy_records_its_exact_log_prob():
     np.testing.assert_allclose(ds.behavior_log_prob, logp, atol=1e-5)
     again = collect("Pendulum-v1", policy, 200, seed=3, progress=False)
     np.testing.assert_array_equal(again.actions, ds.actions)  # seeded
+
+
+class _InterruptingChain(ChainEnv):
+    """The chain, but Ctrl-C arrives during the 7th step."""
+
+    def reset(self, **kw):
+        self.calls = getattr(self, "calls", 0)
+        return super().reset(**kw)
+
+    def step(self, action):
+        self.calls += 1
+        if self.calls == 7:
+            raise KeyboardInterrupt
+        return super().step(action)
+
+
+def test_interrupted_collection_raises_interrupted_and_returns_nothing(root):
+    import gymnasium as gym
+
+    from hybridrl.errors import Interrupted
+
+    if "hybridrl-test/InterruptingChain-v0" not in gym.registry:
+        gym.register("hybridrl-test/InterruptingChain-v0", entry_point=_InterruptingChain)
+    with pytest.raises(Interrupted, match="interrupted at step 6; nothing saved") as info:
+        collect("hybridrl-test/InterruptingChain-v0", None, 100, progress=False)
+    assert info.value.step == 6 and info.value.checkpoint is None
+    assert not any(root.iterdir())  # nothing written

@@ -287,6 +287,36 @@ def test_load_bad_inputs(root, tmp_path):
         Dataset.load(path)
 
 
+@pytest.mark.parametrize("edit, match", [
+    (lambda m: m.pop("total_episodes"), r"metadata\.json: field 'total_episodes' is None; expected an integer >= 0"),
+    (lambda m: m.update(total_episodes="three"), r"metadata\.json: field 'total_episodes' is 'three'"),
+    (lambda m: m.update(observation_space="{broken"), r"metadata\.json: fields 'observation_space'/'action_space'"),
+    (lambda m: (m.pop("action_space"), m.pop("env_spec", None)), r"metadata\.json: fields 'observation_space'"),
+    (lambda m: m.update(action_space=json.dumps({"type": "Text", "max_length": 3, "min_length": 1,
+                                                 "charset": "abc"})), r"metadata\.json: action space Text"),
+])
+def test_bad_metadata_json_fields_are_blamed_on_metadata_json(root, edit, match):
+    """A field error in metadata.json names metadata.json, never main_data.hdf5 (which is intact)."""
+    path = _toy().save(root / "fields-v0")
+    meta_path = path / "data" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    edit(meta)
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(DatasetError, match=match) as info:
+        Dataset.load(path)
+    assert "main_data.hdf5" not in str(info.value)
+
+
+def test_minari_io_is_the_disk_layer_and_dataset_delegates(root):
+    from hybridrl.data import minari_io
+
+    ds = _toy()
+    path = minari_io.save_dataset(ds, root / "io-v0")
+    back = minari_io.load_dataset(Dataset, "io-v0")
+    assert ds.path == path == back.path and np.array_equal(back.rewards, ds.rewards)
+    assert minari_io.dataset_id_for_path(root / "ns" / "x-v2") == "ns/x-v2" and minari_io.minari_root() == root
+
+
 def test_load_rejects_nan_reward_written_by_minari(root):
     eps = _episodes(logp=False)
     eps[1]["rewards"][3] = np.nan
@@ -321,3 +351,20 @@ def test_measures(tmp_path):
     assert state_action_coverage(sub, ds, log=True) == pytest.approx(np.log(4) / np.log(18))
     out = plot_return_histogram(ds, tmp_path / "hist.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_needs_overwrite_to_replace_and_names_unwritable_paths(tmp_path):
+    from hybridrl.errors import ConfigError
+
+    ds = _toy()
+    out = tmp_path / "hist.png"
+    out.write_bytes(b"keep")
+    with pytest.raises(ConfigError, match=r"hist.png already exists; pass overwrite=True"):
+        plot_return_histogram(ds, out)
+    assert out.read_bytes() == b"keep"
+    assert plot_return_histogram(ds, out, overwrite=True).read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ConfigError, match="is a directory"):
+        plot_return_histogram(ds, tmp_path)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match=r"cannot write the plot .*file/sub/h.png"):
+        plot_return_histogram(ds, tmp_path / "file" / "sub" / "h.png")

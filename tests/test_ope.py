@@ -13,21 +13,20 @@ from rollouts import collect
 from hybridrl.algos.fqe import FQEConfig
 from hybridrl.data.dataset import Dataset
 from hybridrl.envs.toy import ChainEnv, TabularPolicy, chain_policy_value
-from hybridrl.errors import ConfigError, DatasetError
+from hybridrl.errors import ConfigError, DatasetError, ShapeError
+from hybridrl.nn import CategoricalPolicy
 from hybridrl.ope import (
     OPEResult,
     bootstrap_ci,
-    dm,
-    dr,
+    core,
+    estimate_value,
     evaluate_ope,
     fit_fqe,
     importance_weights,
-    pdis,
     rank_correlation,
     regret_at_k,
     select,
     sharpe_ratio_at_k,
-    snpdis,
 )
 
 GAMMA = 0.9
@@ -54,6 +53,94 @@ def chain_fqe(chain_data):
     return fit_fqe(chain_data, TabularPolicy(TARGET), GAMMA, cfg, steps=1500, seed=0)
 
 
+# ------------------------------------------------------------------------------------ pure core on arrays
+def two_episode_arrays():
+    """Episode A: 2 steps, terminated; B: 1 step, truncated, padded (pad values are garbage and must be ignored)."""
+    mask = np.array([[True, True], [True, False]])
+    log_ratio = np.log([[1.5, 1.6], [0.5, 99.0]])
+    rewards = np.array([[0.0, 1.0], [2.0, 123.0]])
+    q_hat = np.array([[2.0, 3.0], [1.0, -7.0]])  # Q(s0, a1) = 2, Q(s1, a0) = 3; B: Q(s0, a0) = 1
+    v_hat = np.array([[1.75, 2.4], [1.75, 55.0]])  # V(s0) = 1.75, V(s1) = 2.4
+    return log_ratio, rewards, mask, q_hat, v_hat
+
+
+def test_core_hand_computed_two_episodes():
+    lr, r, m, q, v = two_episode_arrays()
+    p = core.pdis(lr, r, m, 0.5)  # A: 0.5 * 2.4 * 1 = 1.2; B: 0.5 * 2 = 1.0
+    np.testing.assert_allclose(p.per_episode, [1.2, 1.0])
+    assert p.estimate == pytest.approx(1.1) and p.diagnostics["max_weight"] == pytest.approx(2.4)
+    assert p.diagnostics["ess"] == pytest.approx(2.9**2 / 6.01) and p.diagnostics["ess_fraction"] == pytest.approx(
+        2.9**2 / 6.01 / 2)
+    s = core.snpdis(lr, r, m, 0.5)  # normalisers: t=0 (1.5 + 0.5)/2 = 1; t=1 (2.4 + 0.5)/2 = 1.45 (B frozen)
+    np.testing.assert_allclose(s.per_episode, [0.5 * 2.4 / 1.45, 0.5 / 1.0 * 2.0], rtol=1e-8)
+    d = core.dr(lr, r, m, 0.5, q, v)  # A: 1.5 (0 - 2) + 1.75 + 0.5 [2.4 (1 - 3) + 1.5 * 2.4]; B: 0.5 (2 - 1) + 1.75
+    np.testing.assert_allclose(d.per_episode, [-1.85, 2.25], rtol=1e-12)
+    # resample: counts [[2, 0]] is episode A twice
+    np.testing.assert_allclose(p.resample(np.array([[2.0, 0.0], [1.0, 1.0]])), [1.2, 1.1])
+    np.testing.assert_allclose(s.resample(np.array([[1.0, 1.0]])), [s.estimate], rtol=1e-12)
+
+
+def _naive(lr, r, m, gamma, q=None, v=None):
+    """Per-episode loops: cumulative weights frozen after each episode's end; SN normaliser over all episodes."""
+    e, t_max = m.shape
+    lengths = m.sum(1)
+    w = np.ones((e, t_max))  # w_{0:t}, frozen after the end
+    for i in range(e):
+        acc = 1.0
+        for t in range(t_max):
+            if t < lengths[i]:
+                acc *= np.exp(lr[i, t])
+            w[i, t] = acc
+    pd, sn, dr_ = np.zeros(e), np.zeros(e), np.zeros(e)
+    for i in range(e):
+        for t in range(lengths[i]):
+            prev = w[i, t - 1] if t > 0 else 1.0
+            pd[i] += gamma**t * w[i, t] * r[i, t]
+            sn[i] += gamma**t * w[i, t] / (w[:, t].mean() + 1e-10) * r[i, t]
+            if q is not None:
+                dr_[i] += gamma**t * (w[i, t] * (r[i, t] - q[i, t]) + prev * v[i, t])
+    final = w[:, -1]
+    return pd, sn, dr_, final.sum() ** 2 / (final**2).sum()
+
+
+def test_core_matches_naive_per_episode_loops():
+    rng = np.random.default_rng(3)
+    lengths = np.array([1, 4, 7, 7, 2, 5])
+    m = np.arange(7)[None, :] < lengths[:, None]
+    lr, r, q, v = (rng.normal(0, 0.5, m.shape), rng.normal(1, 1, m.shape), rng.normal(0, 1, m.shape),
+                   rng.normal(0, 1, m.shape))
+    pd, sn, d, ess = _naive(lr, r, m, 0.9, q, v)
+    np.testing.assert_allclose(core.pdis(lr, r, m, 0.9).per_episode, pd, rtol=1e-12)
+    np.testing.assert_allclose(core.snpdis(lr, r, m, 0.9).per_episode, sn, rtol=1e-10)
+    np.testing.assert_allclose(core.dr(lr, r, m, 0.9, q, v).per_episode, d, rtol=1e-12)
+    assert core.dr(lr, r, m, 0.9, q, v).estimate == pytest.approx(d.mean(), rel=1e-12)
+    assert core.pdis(lr, r, m, 0.9).diagnostics["ess"] == pytest.approx(ess, rel=1e-10)
+
+
+def test_core_rejects_bad_arrays():
+    lr, r, m, q, v = two_episode_arrays()
+    with pytest.raises(ShapeError, match=r"rewards has shape \(2, 3\); expected \[E, T\] = \(2, 2\)"):
+        core.pdis(lr, np.zeros((2, 3)), m, 0.5)
+    with pytest.raises(ShapeError, match="prefix"):
+        core.snpdis(lr, r, np.array([[True, True], [False, True]]), 0.5)
+    with pytest.raises(ShapeError, match="boolean"):
+        core.pdis(lr, r, m.astype(float), 0.5)
+    with pytest.raises(ShapeError, match="v_hat"):
+        core.dr(lr, r, m, 0.5, q, v[:, :1])
+    with pytest.raises(ConfigError, match="gamma"):
+        core.pdis(lr, r, m, 1.5)
+
+
+def test_evaluate_ope_rejects_a_policy_of_another_shape_before_fitting():
+    data, _ = two_episode_data()
+    for bad, msg in ((CategoricalPolicy(3, 2), r"observations of shape \(3,\), dataset gives \(2,\)"),
+                     (CategoricalPolicy(2, 3), "policy has 3 actions, dataset has 2")):
+        with pytest.raises(ShapeError, match=msg):  # fqe_steps large: fails before any fitting
+            evaluate_ope(data, {"bad": bad}, fqe_steps=10**9, behavior_steps=10**9)
+    with pytest.raises(ShapeError, match="policy 'bad' does not fit the dataset"):
+        evaluate_ope(data, {"bad": CategoricalPolicy(3, 2)}, estimators=("pdis",))
+
+
 # ------------------------------------------------------------------------------------- hand-computed case
 def two_episode_data() -> tuple[Dataset, TabularPolicy]:
     """Episode A: s0 -a1,r0-> s1 -a0,r1-> terminal. Episode B: s0 -a0,r2-> truncated. pi_0 uniform."""
@@ -71,11 +158,11 @@ def test_hand_computed_two_episodes():
     data, pi = two_episode_data()
     # weights: A w_{0:0} = 1.5, w_{0:1} = 1.5 * 1.6 = 2.4; B w_{0:0} = 0.5 (frozen at 0.5 afterwards); gamma = 0.5
     np.testing.assert_allclose(np.exp(importance_weights(data, pi)), [1.5, 1.6, 0.5])
-    p = pdis(data, pi, 0.5, n_boot=0)
+    p = estimate_value("pdis", data, pi, 0.5, n_boot=0)
     np.testing.assert_allclose(p.per_episode, [0.5 * 2.4 * 1.0, 0.5 * 2.0])  # [1.2, 1.0]
     assert p.estimate == pytest.approx(1.1) and np.isnan(p.ci_low)
     # SN normalisers over all episodes: t=0: (1.5 + 0.5)/2 = 1; t=1: (2.4 + 0.5)/2 = 1.45 (B frozen at 0.5)
-    s = snpdis(data, pi, 0.5, n_boot=0)
+    s = estimate_value("snpdis", data, pi, 0.5, n_boot=0)
     np.testing.assert_allclose(s.per_episode, [0.5 * 2.4 / 1.45, 0.5 / 1.0 * 2.0], rtol=1e-8)
     assert s.estimate == pytest.approx((1.2 / 1.45 + 1.0) / 2, rel=1e-8)
     # DR with a tabular critic Q(s0,.) = [1, 2], Q(s1,.) = [3, 0]: V(s0) = 1.75, V(s1) = 2.4
@@ -83,11 +170,11 @@ def test_hand_computed_two_episodes():
     critic = SimpleNamespace(policy=pi, config=SimpleNamespace(gamma=0.5),
                              q=lambda o, a: q_table[o.argmax(-1), a.long()],
                              value=lambda o: (q_table[o.argmax(-1)] * pi.probs(o)).sum(-1))
-    d = dr(data, pi, 0.5, critic, n_boot=0)
+    d = estimate_value("dr", data, pi, 0.5, critic, n_boot=0)
     # A: t0 1.5 (0 - 2) + 1.75 = -1.25; t1 0.5 [2.4 (1 - 3) + 1.5 * 2.4] = -0.6; B: 0.5 (2 - 1) + 1.75 = 2.25
     np.testing.assert_allclose(d.per_episode, [-1.85, 2.25], rtol=1e-6)
     assert d.estimate == pytest.approx(0.2, rel=1e-6)
-    m = dm(data, pi, 0.5, critic, n_boot=0)
+    m = estimate_value("dm", data, pi, 0.5, critic, n_boot=0)
     assert m.estimate == pytest.approx(1.75) and m.notes
     assert p.diagnostics["max_weight"] == pytest.approx(2.4) and p.diagnostics["ess"] == pytest.approx(2.9**2 / 6.01)
 
@@ -97,19 +184,21 @@ def test_dr_with_exact_q_and_pdis_agree_in_expectation_on_one_step_data():
     data, pi = two_episode_data()
     zero = SimpleNamespace(policy=pi, config=SimpleNamespace(gamma=0.5), q=lambda o, a: torch.zeros(len(o)),
                            value=lambda o: torch.zeros(len(o)))
-    np.testing.assert_allclose(dr(data, pi, 0.5, zero, n_boot=0).per_episode, pdis(data, pi, 0.5, n_boot=0).per_episode)
+    np.testing.assert_allclose(estimate_value("dr", data, pi, 0.5, zero, n_boot=0).per_episode,
+                               estimate_value("pdis", data, pi, 0.5, n_boot=0).per_episode)
     with pytest.raises(ConfigError, match="gamma"):
-        dr(data, pi, 0.9, zero)
+        estimate_value("dr", data, pi, 0.9, zero)
     with pytest.raises(ConfigError, match="different policy"):
-        dm(data, TabularPolicy(np.full((2, 2), 0.5)), 0.5, zero)
+        estimate_value("dm", data, TabularPolicy(np.full((2, 2), 0.5)), 0.5, zero)
 
 
 def test_missing_behavior_log_prob_raises():
     data, pi = two_episode_data()
     data.behavior_log_prob = None
     with pytest.raises(DatasetError, match="behavior_log_prob"):
-        pdis(data, pi, 0.5)
-    assert pdis(data, pi, 0.5, behavior_log_prob=np.log([0.5, 0.5, 0.5]), n_boot=0).estimate == pytest.approx(1.1)
+        estimate_value("pdis", data, pi, 0.5)
+    given = estimate_value("pdis", data, pi, 0.5, behavior_log_prob=np.log([0.5, 0.5, 0.5]), n_boot=0)
+    assert given.estimate == pytest.approx(1.1)
 
 
 def test_overflowing_weights_keep_snpdis_finite_and_flag_pdis():
@@ -123,10 +212,10 @@ def test_overflowing_weights_keep_snpdis_finite_and_flag_pdis():
     blp = np.log(np.full(4, 0.5))
     # Equal lengths: a constant shift of every step's log-ratio multiplies all weights at step t by one
     # constant, which self-normalisation cancels; the raw weights reach exp(1000) and overflow.
-    ref = snpdis(data, pi, 0.5, behavior_log_prob=blp, n_boot=0)
-    big = snpdis(data, pi, 0.5, behavior_log_prob=blp - 500.0, n_boot=20)
+    ref = estimate_value("snpdis", data, pi, 0.5, behavior_log_prob=blp, n_boot=0)
+    big = estimate_value("snpdis", data, pi, 0.5, behavior_log_prob=blp - 500.0, n_boot=20)
     assert big.estimate == pytest.approx(ref.estimate, rel=1e-9) and np.isfinite(big.ci_low)
-    p = pdis(data, pi, 0.5, behavior_log_prob=blp - 500.0, n_boot=20)
+    p = estimate_value("pdis", data, pi, 0.5, behavior_log_prob=blp - 500.0, n_boot=20)
     assert not np.isfinite(p.estimate) and any("overflow" in n for n in p.notes)
     assert p.diagnostics["max_log_weight"] > 709
 
@@ -135,7 +224,7 @@ def test_results_serialise_to_json():
     import json
 
     data, pi = two_episode_data()
-    d = pdis(data, pi, 0.5, n_boot=10).to_dict(per_episode=True)
+    d = estimate_value("pdis", data, pi, 0.5, n_boot=10).to_dict(per_episode=True)
     assert json.loads(json.dumps(d))["per_episode"] == pytest.approx([1.2, 1.0])
     sel = select(EST, 2, TRUE, 6.0).to_dict()
     assert json.loads(json.dumps(sel))["ranking"] == ["B", "A", "D", "C"] and sel["true_values"] == TRUE
@@ -155,9 +244,9 @@ def test_bootstrap_ci_of_mean_matches_normal_theory():
 def test_snpdis_bootstrap_recomputes_self_normalisation(chain_data):
     small = chain_data.select_episodes(range(40))
     pi = TabularPolicy(TARGET)
-    res = snpdis(small, pi, GAMMA, n_boot=50, seed=7)
+    res = estimate_value("snpdis", small, pi, GAMMA, n_boot=50, seed=7)
     idx = np.random.default_rng(7).integers(0, 40, size=(50, 40))  # the resamples bootstrap_ci draws
-    naive = [snpdis(small.select_episodes(row), pi, GAMMA, n_boot=0).estimate for row in idx]
+    naive = [estimate_value("snpdis", small.select_episodes(row), pi, GAMMA, n_boot=0).estimate for row in idx]
     np.testing.assert_allclose([res.ci_low, res.ci_high], np.quantile(naive, [0.025, 0.975]), rtol=1e-9)
 
 
@@ -166,24 +255,24 @@ def test_on_policy_weights_are_one_and_pdis_is_the_mc_mean(chain_data):
     pi_b = TabularPolicy(BEHAVIOR)
     assert np.all(importance_weights(chain_data, pi_b) == 0.0)
     mc = chain_data.episode_returns(GAMMA).mean()
-    assert pdis(chain_data, pi_b, GAMMA, n_boot=0).estimate == pytest.approx(mc, rel=1e-12)
-    assert snpdis(chain_data, pi_b, GAMMA, n_boot=0).estimate == pytest.approx(mc, rel=1e-9)
+    assert estimate_value("pdis", chain_data, pi_b, GAMMA, n_boot=0).estimate == pytest.approx(mc, rel=1e-12)
+    assert estimate_value("snpdis", chain_data, pi_b, GAMMA, n_boot=0).estimate == pytest.approx(mc, rel=1e-9)
 
 
 def test_unbiased_estimators_cover_the_analytic_value(chain_data, chain_fqe):
     truth = chain_policy_value(TARGET, GAMMA, slip=0.1, horizon=20)
     pi = chain_fqe.policy
-    results = [pdis(chain_data, pi, GAMMA), snpdis(chain_data, pi, GAMMA), dr(chain_data, pi, GAMMA, chain_fqe)]
+    results = [estimate_value(e, chain_data, pi, GAMMA, chain_fqe) for e in ("pdis", "snpdis", "dr")]
     for r in results:
         assert r.ci_low <= truth <= r.ci_high, (r.estimator, r.estimate, r.ci_low, r.ci_high, truth)
         assert r.ci_high - r.ci_low < 0.1 and r.n_episodes == 2000 and r.confidence == 0.95
     assert results[2].ci_high - results[2].ci_low < results[0].ci_high - results[0].ci_low  # DR reduces variance
     # DR stays unbiased with a poor critic (an FQE of a different policy is just "some Q").
     bad_q = fit_fqe(chain_data, pi, GAMMA, FQEConfig(hidden=(8,)), steps=5, seed=1)
-    r = dr(chain_data, pi, GAMMA, bad_q)
+    r = estimate_value("dr", chain_data, pi, GAMMA, bad_q)
     assert r.ci_low <= truth <= r.ci_high
     # DM with a well-fit FQE is close (FQE targets the infinite-horizon value; the gap is ~1e-3 here).
-    assert dm(chain_data, pi, GAMMA, chain_fqe).estimate == pytest.approx(truth, abs=0.03)
+    assert estimate_value("dm", chain_data, pi, GAMMA, chain_fqe).estimate == pytest.approx(truth, abs=0.03)
 
 
 def test_evaluate_ope_shares_fqe_and_estimates_behavior_by_bc(chain_data):
@@ -197,6 +286,8 @@ def test_evaluate_ope_shares_fqe_and_estimates_behavior_by_bc(chain_data):
     note = "behaviour log-probabilities estimated by behaviour cloning (150 steps)"
     assert note in out["right"]["pdis"].notes and note in out["right"]["dr"].notes
     assert note not in out["right"]["fqe"].notes and out["right"]["fqe"].estimator == "fqe"
+    assert out["right"]["pdis"].behavior_estimated and out["right"]["pdis"].to_dict()["behavior_estimated"]
+    assert not out["right"]["fqe"].behavior_estimated
     truth = chain_policy_value(TARGET, GAMMA)
     assert out["right"]["pdis"].estimate == pytest.approx(truth, abs=0.1)
     assert isinstance(out["uniform"]["dr"], OPEResult)

@@ -6,7 +6,7 @@ The behaviour policy ``pi_b`` and the exact natural-log probability of every sto
 =====================  ===========================================  =============================================
 behaviour              action                                       ``log pi_b(a|s)``
 =====================  ===========================================  =============================================
-random (``None``)      uniform over the space                       ``-sum(log(high - low))`` (Box), ``-log n`` (Discrete)
+random (``None``)      uniform over the space                       ``-sum(log(high-low))`` (Box), ``-log n`` (Discrete)
 policy                 sample of ``policy.distribution(s)``         ``policy.log_prob(s, a)``
 policy + noise sigma   ``policy.mode(s) + sigma * N(0, I)`` (Box)   ``log N(a; mode(s), sigma^2 I)``
 epsilon e (any of      with prob. e uniform, else the above         ``log((1 - e) p(a) + e u(a))``
@@ -34,7 +34,7 @@ from torch.distributions import Categorical, Independent, Normal
 
 from hybridrl.data.dataset import Dataset
 from hybridrl.envs.make import REFERENCE_SCORES, make_env
-from hybridrl.errors import ConfigError, EnvError, PolicyError
+from hybridrl.errors import ConfigError, EnvError, Interrupted, PolicyError
 from hybridrl.nn import Policy, load_policy, policy_matches_spaces
 
 
@@ -94,6 +94,8 @@ def collect(env_id: str, policy: Policy | str | Path | None, n_steps: int, seed:
             Categorical / diagonal Normal.
         ConfigError: ``n_steps < 1``, ``epsilon`` outside [0, 1], ``action_noise`` <= 0, on a Discrete
             env, or without a policy.
+        Interrupted: a KeyboardInterrupt arrived during collection; ``step`` = environment steps taken. No
+            partial dataset is returned (the caller writes nothing); the env is closed.
     """
     if int(n_steps) < 1:
         raise ConfigError(f"n_steps must be >= 1, got {n_steps}")
@@ -199,6 +201,8 @@ def collect(env_id: str, policy: Policy | str | Path | None, n_steps: int, seed:
                     bar[0].update(bar[1], completed=min(total, n_steps))
             episodes.append({k: np.asarray(v) for k, v in ep.items()})
             obs, _ = env.reset()
+    except KeyboardInterrupt:  # Ctrl-C (or SIGTERM turned into it by the CLI): keep nothing, say where
+        raise Interrupted(total) from None
     finally:
         fork.__exit__(None, None, None)
         env.close()

@@ -18,7 +18,7 @@ import gymnasium as gym
 import numpy as np
 
 from hybridrl.data.dataset import Dataset
-from hybridrl.errors import DatasetError
+from hybridrl.errors import ConfigError, DatasetError
 
 
 def dataset_summary(ds: Dataset) -> dict[str, Any]:
@@ -43,7 +43,8 @@ def dataset_summary(ds: Dataset) -> dict[str, Any]:
     }
 
 
-def trajectory_quality(ds: Dataset, random_return: float | None = None, best_return: float | None = None) -> float | None:
+def trajectory_quality(ds: Dataset, random_return: float | None = None,
+                       best_return: float | None = None) -> float | None:
     """TQ ``= (mean return - R_random) / (R_best - R_random)`` (a fraction; 1 = as good as the best).
 
     Args:
@@ -110,8 +111,11 @@ def state_action_coverage(ds: Dataset, reference: Dataset, bins: int = 100,
     Raises:
         DatasetError: the datasets have different observation/action sizes.
     """
-    if ds.observations.shape[1:] != reference.observations.shape[1:] or ds.actions.shape[1:] != reference.actions.shape[1:]:
-        raise DatasetError("state_action_coverage: the dataset and the reference have different observation/action shapes")
+    shapes = (ds.observations.shape[1:], ds.actions.shape[1:])
+    ref_shapes = (reference.observations.shape[1:], reference.actions.shape[1:])
+    if shapes != ref_shapes:
+        raise DatasetError(f"state_action_coverage: the dataset has (observation, action) shapes {shapes}, the "
+                           f"reference {ref_shapes}; they must match")
     lim = _limits([ds, reference]) if limits is None else limits
     u, u_ref = unique_state_actions(ds, bins, lim), unique_state_actions(reference, bins, lim)
     if log:
@@ -119,16 +123,25 @@ def state_action_coverage(ds: Dataset, reference: Dataset, bins: int = 100,
     return u / u_ref
 
 
-def plot_return_histogram(ds: Dataset, out_png: str | Path, bins: int = 30, title: str | None = None) -> Path:
+def plot_return_histogram(ds: Dataset, out_png: str | Path, bins: int = 30, title: str | None = None,
+                          overwrite: bool = False) -> Path:
     """Save a histogram of undiscounted episode returns to ``out_png`` (matplotlib, Agg canvas, no pyplot state).
 
-    The mean return is marked; with reference scores the top axis shows the normalised score.
+    The mean return is marked; with reference scores the top axis shows the normalised score. The path is
+    explicit (nothing is written next to the dataset unless asked); parent directories are created.
+
+    Returns: ``out_png``.
+    Raises: ConfigError if ``out_png`` exists and ``overwrite`` is False, is a directory, or cannot be written
+        (read-only directory, a parent that is a file), naming the path.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
+    if out_png.is_dir():
+        raise ConfigError(f"plot path {out_png} is a directory; expected a .png file path")
+    if out_png.exists() and not overwrite:
+        raise ConfigError(f"plot path {out_png} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
     ret = ds.episode_returns()
     fig = Figure(figsize=(6, 4), dpi=100)
     FigureCanvasAgg(fig)
@@ -146,5 +159,9 @@ def plot_return_histogram(ds: Dataset, out_png: str | Path, bins: int = 30, titl
                                                    lambda s: lo + s * (hi - lo) / 100))
         top.set_xlabel("normalised score")
     fig.tight_layout()
-    fig.savefig(out_png)
+    try:
+        out_png.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out_png)
+    except OSError as e:
+        raise ConfigError(f"cannot write the plot {out_png}: {e.strerror or e}") from None
     return out_png

@@ -24,7 +24,7 @@ from torch import nn
 from torch.distributions import Categorical, Distribution
 
 from hybridrl.errors import ConfigError, ShapeError
-from hybridrl.nn import POLICY_CLASSES, ObsNormalizer, Policy
+from hybridrl.nn import ObsNormalizer, Policy
 
 __all__ = [
     "BanditEnv", "ChainEnv", "TabularPolicy", "bandit_value", "chain_transition", "chain_value", "chain_q",
@@ -239,6 +239,7 @@ class TabularPolicy(Policy):
     """
 
     discrete = True
+    neg_inf_ok = ("table",)  # log-probabilities of impossible actions are -inf (checked by load_policy)
 
     def __init__(self, probs: Sequence[Sequence[float]] | np.ndarray, obs_dim: int | None = None,
                  n_actions: int | None = None):
@@ -278,7 +279,6 @@ class TabularPolicy(Policy):
         return torch.softmax(self.logits(obs), -1)
 
 
-POLICY_CLASSES.setdefault("TabularPolicy", TabularPolicy)
 
 for _id, _entry in (("hybridrl/Bandit-v0", "hybridrl.envs.toy:BanditEnv"),
                     ("hybridrl/Chain-v0", "hybridrl.envs.toy:ChainEnv")):

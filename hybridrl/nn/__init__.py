@@ -2,15 +2,13 @@
 
 A policy checkpoint is a folder with ``model.safetensors`` (weights and observation-normalisation
 statistics) and ``policy.json`` (class name from :data:`POLICY_CLASSES`, constructor arguments,
-env id, hybridrl version). Loading never unpickles.
+env id, hybridrl version); see :mod:`hybridrl.nn.policy_io` (re-exported here). Loading never unpickles.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -19,7 +17,7 @@ import torch
 from torch import nn
 from torch.distributions import Categorical, Distribution, Independent, Normal
 
-from hybridrl.errors import PolicyError, ShapeError
+from hybridrl.errors import ShapeError
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -324,9 +322,6 @@ def _torch_seeded_rng() -> np.random.Generator:
     return np.random.default_rng(int(torch.randint(2**62, (1,))))
 
 
-POLICY_CLASSES: dict[str, type[Policy]] = {"CategoricalPolicy": CategoricalPolicy, "GaussianPolicy": GaussianPolicy}
-
-
 def make_policy(observation_space: gym.Space, action_space: gym.Space, hidden: Sequence[int] = (64, 64),
                 activation: str = "tanh", normalize_obs: bool = True, **gaussian_kwargs: Any) -> Policy:
     """Build the default policy for a pair of Gymnasium spaces (flat Box observations).
@@ -346,16 +341,19 @@ def make_policy(observation_space: gym.Space, action_space: gym.Space, hidden: S
     raise ShapeError(f"action space must be Discrete or a 1-D Box, got {action_space}")
 
 
-def policy_matches_spaces(policy: Policy, observation_space: gym.Space, action_space: gym.Space) -> str | None:
-    """Return a reason why ``policy`` cannot act in these spaces, or ``None`` if it can."""
-    if observation_space.shape != (policy.kwargs["obs_dim"],):
-        return f"policy expects observations of shape ({policy.kwargs['obs_dim']},), env gives {observation_space.shape}"
+def policy_matches_spaces(policy: Policy, observation_space: gym.Space, action_space: gym.Space,
+                          where: str = "env") -> str | None:
+    """Return a reason naming both shapes why ``policy`` cannot act in these spaces (those of ``where``: "env",
+    "dataset"), or ``None`` if it can."""
+    k = policy.kwargs
+    if observation_space.shape != (k["obs_dim"],):
+        return f"policy expects observations of shape ({k['obs_dim']},), {where} gives {observation_space.shape}"
     if policy.discrete != isinstance(action_space, gym.spaces.Discrete):
         return f"policy is {'discrete' if policy.discrete else 'continuous'} but the action space is {action_space}"
-    if policy.discrete and int(action_space.n) != policy.kwargs["n_actions"]:
-        return f"policy has {policy.kwargs['n_actions']} actions, env has {action_space.n}"
-    if not policy.discrete and action_space.shape != (policy.kwargs["act_dim"],):
-        return f"policy acts in shape ({policy.kwargs['act_dim']},), env expects {action_space.shape}"
+    if policy.discrete and int(action_space.n) != k["n_actions"]:
+        return f"policy has {k['n_actions']} actions, {where} has {action_space.n}"
+    if not policy.discrete and action_space.shape != (k["act_dim"],):
+        return f"policy acts in shape ({k['act_dim']},), {where} expects {action_space.shape}"
     return None
 
 
@@ -399,67 +397,11 @@ class QNet(nn.Module):
         return self.net(torch.cat([self._norm(obs), action.float()], -1)).squeeze(-1)
 
 
-def save_policy(policy: Policy, directory: str | Path, env_id: str | None = None, extra: dict | None = None) -> Path:
-    """Write ``model.safetensors`` + ``policy.json`` into ``directory`` atomically (temp dir + rename)."""
-    from safetensors.torch import save_file
-
-    from hybridrl import __version__
-    from hybridrl.runs.io import atomic_dir
-
-    directory = Path(directory)
-    meta = {"class": type(policy).__name__, "kwargs": policy.kwargs, "env_id": env_id,
-            "hybridrl_version": __version__, **(extra or {})}
-    with atomic_dir(directory) as tmp:
-        tensors = {k: v.detach().contiguous().clone() for k, v in policy.state_dict().items()}
-        save_file(tensors, str(tmp / "model.safetensors"))
-        (tmp / "policy.json").write_text(json.dumps(meta, indent=2))
-    return directory
-
-
-def read_policy_meta(directory: str | Path) -> dict:
-    """Read ``policy.json``; raises :class:`PolicyError` naming the missing or bad file."""
-    directory = Path(directory)
-    meta_path = directory / "policy.json"
-    if not directory.is_dir():
-        raise PolicyError(f"policy directory {directory} does not exist")
-    if not meta_path.is_file():
-        raise PolicyError(f"{meta_path} is missing; a policy directory holds policy.json and model.safetensors")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as e:
-        raise PolicyError(f"{meta_path} is not valid JSON: {e}") from None
-    if meta.get("class") not in POLICY_CLASSES:
-        raise PolicyError(f"{meta_path}: field 'class' is {meta.get('class')!r}; expected one of {sorted(POLICY_CLASSES)}")
-    return meta
-
-
-def load_policy(directory: str | Path, env_id: str | None = None) -> Policy:
-    """Rebuild a policy saved by :func:`save_policy` (no unpickling).
-
-    Args:
-        directory: the policy folder.
-        env_id: if given, the policy must have been trained on this env.
-    Raises:
-        PolicyError: missing/corrupt files, or a policy from another env.
-    """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    directory = Path(directory)
-    meta = read_policy_meta(directory)
-    if env_id is not None and meta.get("env_id") not in (None, env_id):
-        raise PolicyError(f"{directory / 'policy.json'}: policy was trained on env {meta['env_id']!r}, not {env_id!r}")
-    weights = directory / "model.safetensors"
-    if not weights.is_file():
-        raise PolicyError(f"{weights} is missing; a policy directory holds policy.json and model.safetensors")
-    try:
-        policy = POLICY_CLASSES[meta["class"]](**meta["kwargs"])
-        state = load_file(str(weights))
-        policy.load_state_dict(state)
-    except (SafetensorError, RuntimeError, TypeError, OSError) as e:
-        raise PolicyError(f"{weights} could not be loaded into a {meta['class']}: {e}") from None
-    policy.env_id = meta.get("env_id")
-    policy.eval()
-    return policy
-from hybridrl.nn import mixture as _mixture
-from hybridrl.nn import tanh_gaussian as _tanh_gaussian  # noqa: E402,F401  (register policy classes)
+from hybridrl.nn.policy_io import (  # noqa: E402, F401  (re-export; policy_io needs Policy defined above)
+    POLICY_CLASSES,
+    load_policy,
+    policy_class,
+    read_policy_meta,
+    register_policy_class,
+    save_policy,
+)

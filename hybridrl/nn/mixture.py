@@ -35,7 +35,7 @@ from torch.distributions import (
 )
 
 from hybridrl.errors import ShapeError
-from hybridrl.nn import _HALF_LOG_2PI, POLICY_CLASSES, ObsNormalizer, Policy
+from hybridrl.nn import _HALF_LOG_2PI, ObsNormalizer, Policy
 from hybridrl.nn.tanh_gaussian import _head, squashed_log_prob, trunk_mlp, unsquash
 
 __all__ = ["GaussianMixturePolicy", "make_mixture_policy"]
@@ -208,4 +208,3 @@ def make_mixture_policy(observation_space: gym.Space, action_space: gym.Space, n
                                  action_high=action_space.high.tolist(), **kwargs)
 
 
-POLICY_CLASSES["GaussianMixturePolicy"] = GaussianMixturePolicy

@@ -27,7 +27,7 @@ from torch.distributions import (
     TransformedDistribution,
 )
 
-from hybridrl.nn import _HALF_LOG_2PI, POLICY_CLASSES, ObsNormalizer, Policy, mlp
+from hybridrl.nn import _HALF_LOG_2PI, ObsNormalizer, Policy, mlp
 
 __all__ = ["TanhGaussianPolicy", "tanh_log_det", "squashed_log_prob", "unsquash", "trunk_mlp", "ATANH_EPS"]
 
@@ -155,4 +155,3 @@ class TanhGaussianPolicy(Policy):
         return logp, -squashed_log_prob(u, mu, log_std, self.log_scale)
 
 
-POLICY_CLASSES["TanhGaussianPolicy"] = TanhGaussianPolicy
