@@ -14,10 +14,11 @@ from torch.distributions import Categorical, Independent, Normal
 
 from hybridrl.algos.ppo import PPOLearner
 from hybridrl.algos.props import PROPSConfig, PROPSLearner, _rows
-from hybridrl.data.batches import Segments
+from hybridrl.data.batches import Segments, Transitions
+from hybridrl.data.rollout import SegmentBuffer
 from hybridrl.data.sampling_error import sampling_error, tabular_sampling_error
 from hybridrl.errors import ConfigError, ShapeError
-from hybridrl.loops.props import SegmentBuffer, train_props
+from hybridrl.loops.props import train_props
 from hybridrl.losses.core import ppo_clip_loss
 from hybridrl.losses.props import policy_kl, props_behavior_loss
 from hybridrl.nn import CategoricalPolicy, make_policy
@@ -113,7 +114,7 @@ def test_config_checks():
 def test_reset_makes_behavior_equal_target_and_first_ratio_is_one(kind):
     space = SPACES[kind]
     learner = PROPSLearner(PROPSConfig(**{**SMALL, "props_n_epochs": 1, "props_minibatch_size": 64}), OBS, space)
-    learner.update(_segments(space))  # the target moves away from the initial copy
+    learner.update_target(_segments(space))  # the target moves away from the initial copy
     with torch.no_grad():
         for p in learner.behavior_policy.parameters():
             p.add_(0.3)
@@ -140,7 +141,7 @@ def test_gradient_isolation_between_target_and_behavior(kind):
     assert all(torch.equal(v, learner.critic.state_dict()[k]) for k, v in crit.items())
     assert any(not torch.equal(v, pol[k]) for k, v in learner.behavior_policy.state_dict().items())
     beh = _state(learner.behavior_policy)
-    learner.update(_segments(space, seed=2))
+    learner.update_target(_segments(space, seed=2))
     assert all(torch.equal(v, learner.behavior_policy.state_dict()[k]) for k, v in beh.items())
 
 
@@ -173,16 +174,20 @@ def test_target_update_ignores_behavior_log_probs_and_is_ppo_on_recomputed_log_p
             ppo2.update(Segments(seg.obs, seg.action, seg.reward, seg.next_obs, seg.terminated, seg.truncated, logp))
         else:
             torch.manual_seed(0)
-            learner.update(s)
+            learner.update_target(s)
         results.append(_state(learner.policy))
     for other in results[1:]:
         assert all(torch.allclose(v, other[k], atol=1e-6) for k, v in results[0].items())
 
 
 def test_offline_data_is_rejected():
-    learner = PROPSLearner(PROPSConfig(**SMALL), OBS, SPACES["discrete"])
+    from hybridrl.loops.on_policy import train_on_policy
+
+    transitions = Transitions(obs=torch.zeros(4, 4), action=torch.zeros(4, dtype=torch.int64), reward=torch.zeros(4),
+                              next_obs=torch.zeros(4, 4), terminated=torch.zeros(4, dtype=torch.bool),
+                              truncated=torch.zeros(4, dtype=torch.bool))
     with pytest.raises(ConfigError, match="offline"):
-        learner.update(_segments(SPACES["discrete"]), offline=object())
+        train_on_policy("CartPole-v1", PROPSConfig(**SMALL), 16, algo="props", offline=transitions, progress=False)
 
 
 # ------------------------------------------------------------------------------------------------ buffer + loop
@@ -214,18 +219,18 @@ def test_loop_updates_see_the_right_slices(monkeypatch):
     """n = 8, m = 4, b = 2 (capacity 16): targets every 8 steps on the whole buffer; behaviour every 4 steps on the
     newest min(size, 16 - 4) steps, i.e. all but the oldest m once the buffer is full."""
     seen = {"target": [], "behavior": [], "newest": []}
-    orig_update, orig_behavior = PROPSLearner.update, PROPSLearner.update_behavior
+    orig_update, orig_behavior = PROPSLearner.update_target, PROPSLearner.update_behavior
 
-    def spy_update(self, batch, offline=None):
+    def spy_update(self, batch):
         seen["target"].append(batch.horizon)
-        return orig_update(self, batch, offline)
+        return orig_update(self, batch)
 
     def spy_behavior(self, batch):
         seen["behavior"].append(batch.horizon)
         seen["newest"].append(batch.obs[:, -1].clone())
         return orig_behavior(self, batch)
 
-    monkeypatch.setattr(PROPSLearner, "update", spy_update)
+    monkeypatch.setattr(PROPSLearner, "update_target", spy_update)
     monkeypatch.setattr(PROPSLearner, "update_behavior", spy_behavior)
     buffers = []
     cfg = PROPSConfig(num_envs=2, n_steps=8, props_n_steps=4, buffer_batches=2, minibatch_size=8, props_minibatch_size=8,

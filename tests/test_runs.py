@@ -16,13 +16,13 @@ from hybridrl.runs import (
     MetricsLogger,
     RunDir,
     apply_overrides,
-    check_finite,
     dataclass_from_dict,
     dataclass_to_dict,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
     load_config,
+    nonfinite_keys,
     plot_curves,
     plot_estimates,
     plot_histogram,
@@ -186,7 +186,7 @@ def test_metrics_csv_changing_keys_and_truncate(tmp_path):
     log2.log(20, {"loss": 0.25})
     m = read_metrics(run)
     assert m["step"].tolist() == [0, 10, 20] and m["loss"][2] == 0.25 and np.isnan(m["eval/return"]).all()
-    assert check_finite({"a": 1.0, "b": float("inf"), "c": np.float32("nan"), "d": torch.tensor(2.0)}) == ["b", "c"]
+    assert nonfinite_keys({"a": 1.0, "b": float("inf"), "c": np.float32("nan"), "d": torch.tensor(2.0)}) == ["b", "c"]
 
 
 def test_read_metrics_ignores_partial_last_line(tmp_path):

@@ -105,6 +105,8 @@ class HNPGConfig:
 class HNPGLearner:
     """HNPG learner: ``update(Segments, offline=Transitions) -> metrics``; ``set_progress`` is a no-op."""
 
+    uses_offline_data = True  # the on-policy loop passes the dataset's transitions to every update
+
     def __init__(self, config: HNPGConfig, observation_space: gym.Space, action_space: gym.Space, seed: int = 0,
                  policy: Policy | None = None):
         torch.manual_seed(seed)
@@ -141,6 +143,12 @@ class HNPGLearner:
 
     def update(self, batch: Segments, offline: Transitions | None = None) -> dict[str, float]:
         """Critic fit on on-policy returns + offline fitted-Q targets, then one NPG/TRPO step on both.
+
+        ``batch``: the rollout, ``Segments [B, T]``; ``offline``: flat ``Transitions [N]`` (``offline_ratio * B * T``
+        of them are drawn with replacement per update). Returns the policy step's metrics (see
+        :func:`~hybridrl.algos.npg.npg_policy_step`), ``q_loss, q_loss_on, q_loss_off, q_mean`` (last critic
+        iteration), ``explained_variance`` (of Q on the on-policy returns), ``advantage_on_mean``,
+        ``advantage_off_mean``, ``value_mean``, ``offline_batch``.
 
         Raises:
             ConfigError: without offline data (pass ``--dataset`` / ``offline=``).
