@@ -15,7 +15,6 @@ from torch.distributions import Categorical, Independent, Normal
 from hybridrl.algos.ppo import PPOLearner
 from hybridrl.algos.props import PROPSConfig, PROPSLearner, _rows
 from hybridrl.data.batches import Segments, Transitions
-from hybridrl.data.rollout import SegmentBuffer
 from hybridrl.data.sampling_error import sampling_error, tabular_sampling_error
 from hybridrl.errors import ConfigError, ShapeError
 from hybridrl.loops.props import train_props
@@ -191,30 +190,6 @@ def test_offline_data_is_rejected():
 
 
 # ------------------------------------------------------------------------------------------------ buffer + loop
-def _block(b, m, label):
-    x = np.full((b, m), label, np.float32) + np.arange(m, dtype=np.float32) / 10
-    return dict(obs=x[..., None], next_obs=x[..., None] + 0.05, action=np.full((b, m), label, np.int64), reward=x,
-                terminated=np.zeros((b, m), bool), truncated=np.zeros((b, m), bool), behavior_log_prob=x)
-
-
-def test_segment_buffer_keeps_the_newest_steps_in_time_order():
-    buf = SegmentBuffer(2, 6, (1,), (), discrete=True)
-    for label in range(4):
-        buf.add(**_block(2, 2, label))
-    assert buf.size == 6
-    assert buf.data["action"][0].tolist() == [1, 1, 2, 2, 3, 3]
-    assert np.all(np.diff(buf.data["obs"][1, :, 0]) > 0)  # oldest first, consecutive steps
-    seg = buf.segments(last=4, reward_scale=10.0, reward_clip=25.0)
-    assert seg.action[0].tolist() == [2, 2, 3, 3] and seg.reward[0].tolist() == pytest.approx([20, 21, 25, 25])
-    clone = SegmentBuffer(2, 6, (1,), (), discrete=True)
-    clone.load_state_dict(buf.state_dict())
-    assert all(np.array_equal(v, clone.data[k]) for k, v in buf.data.items())
-    with pytest.raises(ShapeError):
-        buf.add(**_block(2, 7, 0))
-    with pytest.raises(ShapeError):
-        buf.add(**{**_block(2, 2, 0), "obs": np.zeros((2, 2, 3), np.float32)})
-
-
 def test_loop_updates_see_the_right_slices(monkeypatch):
     """n = 8, m = 4, b = 2 (capacity 16): targets every 8 steps on the whole buffer; behaviour every 4 steps on the
     newest min(size, 16 - 4) steps, i.e. all but the oldest m once the buffer is full."""
