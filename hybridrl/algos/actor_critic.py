@@ -74,7 +74,8 @@ class ActorCriticConfig:
         from hybridrl.errors import ConfigError
 
         check_config(self, lr=(1e-12, None), num_envs=(1, None), n_steps=(1, None), n_epochs=(1, None),
-                     clip_ratio=(1e-6, None), value_clip=(1e-6, None), ent_coef=(0.0, None), vf_coef=(0.0, None), max_grad_norm=(1e-12, None),
+                     clip_ratio=(1e-6, None), value_clip=(1e-6, None), ent_coef=(0.0, None), vf_coef=(0.0, None),
+                     max_grad_norm=(1e-12, None),
                      target_kl=(0.0, None), gae_lambda=(0.0, 1.0))
         if not 0.0 <= self.gamma < 1.0:
             raise ConfigError(f"{type(self).__name__}.gamma={self.gamma!r}; expected 0 <= gamma < 1")

@@ -87,13 +87,15 @@ class MDPOConfig:
         from hybridrl.algos import check_config
 
         check_config(self, lr=(1e-12, None), critic_lr=(1e-12, None), num_envs=(1, None), n_steps=(1, None),
-                     sgd_steps=(1, None), critic_epochs=(1, None), critic_minibatch_size=(1, None), gae_lambda=(0.0, 1.0),
+                     sgd_steps=(1, None), critic_epochs=(1, None), critic_minibatch_size=(1, None),
+                     gae_lambda=(0.0, 1.0),
                      step_size=(1e-12, None), schedule_iterations=(1, None), min_step_size=(1e-12, None),
                      ent_coef=(0.0, None), value_clip=(1e-6, None), max_grad_norm=(1e-12, None))
         if not 0.0 <= self.gamma < 1.0:
             raise ConfigError(f"MDPOConfig.gamma={self.gamma!r} is out of range; expected 0 <= gamma < 1")
         if self.step_size_schedule not in ("linear", "constant"):
-            raise ConfigError(f"MDPOConfig.step_size_schedule={self.step_size_schedule!r}; expected 'linear' or 'constant'")
+            raise ConfigError(f"MDPOConfig.step_size_schedule={self.step_size_schedule!r}; "
+                              "expected 'linear' or 'constant'")
 
     @property
     def rollout_size(self) -> int:

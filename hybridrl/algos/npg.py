@@ -170,8 +170,8 @@ class NPGLearner:
         cfg = self.config
         adv, ret, old_v = rollout_advantages(self.critic, batch, cfg.gamma, cfg.gae_lambda)
         flat = batch.flatten()
-        metrics = npg_policy_step(self.policy, flat.obs, flat.action, normalize(adv) if cfg.normalize_advantage else adv,
-                                  cfg)
+        adv = normalize(adv) if cfg.normalize_advantage else adv
+        metrics = npg_policy_step(self.policy, flat.obs, flat.action, adv, cfg)
         metrics.update(self._fit_critic(flat.obs, ret))
         metrics.update(explained_variance=float(explained_variance(old_v, ret)), value_mean=float(old_v.mean()))
         return metrics

@@ -76,8 +76,8 @@ class ReplayPGLearner:
         torch.manual_seed(seed)
         self.config = config
         self.policy, self.critic = build_actor_critic(config, observation_space, action_space, policy)
-        self.optimizer = torch.optim.Adam([*self.policy.parameters(), *self.critic.parameters()], lr=config.lr, eps=1e-5,
-                                          fused=True)  # as PPO (k = 1 without correction is PPO exactly)
+        self.optimizer = torch.optim.Adam([*self.policy.parameters(), *self.critic.parameters()], lr=config.lr,
+                                          eps=1e-5, fused=True)  # as PPO (k = 1 without correction is PPO exactly)
         self.generator = torch.Generator().manual_seed(seed)
         self.rollouts = RolloutQueue(config.n_rollouts)
 
