@@ -387,3 +387,44 @@ def test_every_and_metric_means():
     means.add({"a": 1.0})
     means.add({"a": 3.0, "b": 2.0})
     assert means.pop() == {"a": 2.0, "b": 1.0} and means.pop() == {}
+
+
+def test_off_policy_loop_checkpoints_on_sigint_and_resumes(tmp_path):
+    from hybridrl.algos.sac import SACConfig
+    from hybridrl.errors import Interrupted
+    from hybridrl.loops.off_policy import train_off_policy
+    from hybridrl.runs import RunDir, latest_checkpoint, load_checkpoint
+
+    cfg = SACConfig(hidden=(8,), learning_starts=10, batch_size=8, buffer_size=1000)
+    run = RunDir.create(tmp_path / "sac")
+    _interrupt_when_logged(run)
+    with pytest.raises(Interrupted) as info:
+        train_off_policy("Pendulum-v1", cfg, 10_000_000, run=run, log_every=5, progress=False)
+    step = info.value.step
+    assert 5 <= step < 10_000_000 and load_checkpoint(info.value.checkpoint)[0] == step
+    train_off_policy("Pendulum-v1", cfg, step + 3, run=run, log_every=5, resume=True, progress=False)
+    assert load_checkpoint(latest_checkpoint(run))[0] == step + 3
+
+
+def test_every_loop_accepts_the_uniform_keywords(tmp_path):
+    """``loops.train`` calls each loop with the same keywords (unused ones accepted, a misplaced dataset refused)."""
+    from hybridrl.algos.bc import BCConfig
+    from hybridrl.algos.ppo import PPOConfig
+    from hybridrl.algos.sac import SACConfig
+    from hybridrl.data.collect import collect
+    from hybridrl.loops.off_policy import train_off_policy
+    from hybridrl.loops.offline import train_offline
+    from hybridrl.loops.on_policy import train_on_policy
+
+    data = collect("hybridrl/Chain-v0", None, 50, seed=0, progress=False)
+    common = dict(run=None, seed=0, resume=False, checkpoint_every=None, progress=False, record=None)
+    train_on_policy(config=PPOConfig(n_steps=8, minibatch_size=8, hidden=(8,)), steps=8, env_id="CartPole-v1",
+                    dataset=None, algo="ppo", **common)
+    train_off_policy(config=SACConfig(hidden=(8,), learning_starts=2, batch_size=4), steps=4, env_id="Pendulum-v1",
+                     dataset=None, algo="sac", **common)
+    train_offline(config=BCConfig(hidden=(8,)), steps=3, env_id="hybridrl/Chain-v0", dataset=data, algo="bc", **common)
+    with pytest.raises(ConfigError, match="without --dataset"):
+        train_off_policy(config=SACConfig(), steps=4, env_id="Pendulum-v1", dataset=data, algo="sac", **common)
+    with pytest.raises(ConfigError, match="ppo does not use offline data"):
+        train_on_policy(config=PPOConfig(n_steps=8, minibatch_size=8), steps=8, env_id="hybridrl/Chain-v0",
+                        dataset=data, algo="ppo", **common)

@@ -206,6 +206,7 @@ class StopSignals:
         if self.signal_number is not None:
             raise KeyboardInterrupt
         self.signal_number = signum
+        console.print("[yellow]stopping after the current update[/] (a checkpoint follows; signal again to abort)")
 
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._old.items():
