@@ -168,7 +168,8 @@ def test_mdpo_learns_cartpole(tmp_path):
     from hybridrl.loops.on_policy import train_on_policy
 
     torch.set_num_threads(1)
-    cfg = MDPOConfig(num_envs=8, n_steps=64, sgd_steps=20, lr=1e-3, critic_lr=1e-3, critic_epochs=10, critic_minibatch_size=64,
+    cfg = MDPOConfig(num_envs=8, n_steps=64, sgd_steps=20, lr=1e-3, critic_lr=1e-3, critic_epochs=10,
+                     critic_minibatch_size=64,
                      gamma=0.98, gae_lambda=0.8, normalize_reward=False)
     learner = train_on_policy("CartPole-v1", cfg, 50_000, seed=0, progress=False, algo="mdpo")
     ev = evaluate_policy(learner.policy, "CartPole-v1", 5, seed=0)

@@ -46,7 +46,8 @@ def test_mean_policy_kl_matches_closed_forms():
     p, q = torch.tensor([[0.2, 0.8], [0.5, 0.5]]), torch.tensor([[0.4, 0.6], [0.9, 0.1]])
     kl, m = mean_policy_kl(Categorical(probs=p), Categorical(probs=q))
     assert float(kl) == pytest.approx(float((p * (p / q).log()).sum(1).mean()), rel=1e-6)
-    mu0, mu1, s0, s1 = torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, 1.0]]), torch.tensor([[1.0, 2.0]]), torch.tensor([[2.0, 1.0]])
+    mu0, mu1 = torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, 1.0]])
+    s0, s1 = torch.tensor([[1.0, 2.0]]), torch.tensor([[2.0, 1.0]])
     kl, _ = mean_policy_kl(Independent(Normal(mu0, s0), 1), Independent(Normal(mu1, s1), 1))
     by_hand = (torch.log(s1 / s0) + (s0**2 + (mu0 - mu1) ** 2) / (2 * s1**2) - 0.5).sum()
     assert float(kl) == pytest.approx(float(by_hand), rel=1e-6) and m["kl"] >= 0

@@ -170,7 +170,8 @@ def test_pmoe_ppo_router_and_q_terms_match_a_per_expert_loop():
 
 
 class TwoPeaks(gym.Env):
-    """One-step continuous bandit with two optimal actions, r(a) = exp(-(a-1)^2/0.1) + exp(-(a+1)^2/0.1), a in [-2, 2]."""
+    """One-step continuous bandit with two optimal actions, r(a) = exp(-(a-1)^2/0.1) + exp(-(a+1)^2/0.1),
+    a in [-2, 2]."""
 
     observation_space = gym.spaces.Box(-1, 1, (1,), np.float32)
     action_space = gym.spaces.Box(-2, 2, (1,), np.float32)
@@ -181,12 +182,14 @@ class TwoPeaks(gym.Env):
 
     def step(self, action):
         a = float(np.clip(action[0], -2, 2))
-        return np.zeros(1, np.float32), float(np.exp(-(a - 1) ** 2 / 0.1) + np.exp(-(a + 1) ** 2 / 0.1)), True, False, {}
+        reward = float(np.exp(-(a - 1) ** 2 / 0.1) + np.exp(-(a + 1) ** 2 / 0.1))
+        return np.zeros(1, np.float32), reward, True, False, {}
 
 
 @pytest.mark.slow
 def test_pmoe_ppo_learns_a_two_peak_bandit():
-    """15k steps raise the stochastic policy's mean reward from 0.22 (untrained) to > 0.35 (seeds 0-2 gave 0.40-0.47)."""
+    """15k steps raise the stochastic policy's mean reward from 0.22 (untrained) to > 0.35 (seeds 0-2 gave
+    0.40-0.47)."""
     from hybridrl.loops.evaluate import evaluate_policy
     from hybridrl.loops.on_policy import train_on_policy
 
