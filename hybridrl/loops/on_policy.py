@@ -121,12 +121,13 @@ def train_on_policy(
     if scaler is not None and loop_state.get("reward_scaler"):
         scaler.load_state_dict(loop_state["reward_scaler"])
     for aux, state in zip(aux_losses, loop_state.get("aux_losses", [])):
-        aux.load_state_dict(state)
+        if state is not None:
+            aux.load_state_dict(state)
 
     def save() -> object:
         return checkpoint(run, step, learner, {"reward_scaler": scaler.state_dict() if scaler else None,
-                                               "aux_losses": [a.state_dict() for a in aux_losses
-                                                              if hasattr(a, "state_dict")]})
+                                               "aux_losses": [a.state_dict() if hasattr(a, "state_dict") else None
+                                                              for a in aux_losses]})
 
     modules = learner_modules(learner)
     norm = learner.policy.obs_norm
