@@ -7,7 +7,7 @@ of env steps, with the same hyperparameters apart from the policy:
             1 update per env step, auto-temperature with target entropy -|A|), tanh-Gaussian policy
   pmoe-sac  the same with policy="mixture", n_experts=4 (PMOE official defaults, Ren et al. 2021, arXiv:2104.09122)
   ppo       PPOConfig() defaults (CleanRL MuJoCo settings)
-  pmoe-ppo  the same with policy="mixture", n_experts=4
+  pmoe-ppo  PMOEPPOConfig(n_experts=4) (algo "pmoe_ppo")
 
 Reported per method: the FINAL deterministic evaluation (10 episodes, reset seeds 10000..10009), the best
 evaluation during training (labelled as such, every ``--eval-every`` steps, 5 episodes), the mean return of
@@ -48,6 +48,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from common import machine  # noqa: E402
 
+from hybridrl.algos.pmoe_ppo import PMOEPPOConfig  # noqa: E402
 from hybridrl.algos.ppo import PPOConfig  # noqa: E402
 from hybridrl.algos.sac import SACConfig  # noqa: E402
 from hybridrl.loops.evaluate import evaluate_policy  # noqa: E402
@@ -71,8 +72,9 @@ def run_hybridrl(method: str, seed: int) -> dict:
             cfg = SACConfig(learning_starts=args.learning_starts, policy=policy, n_experts=args.n_experts)
             learner = train_off_policy(args.env, cfg, steps, run=run, seed=seed, eval_every=every, progress=False)
         else:
-            cfg = PPOConfig(policy=policy, n_experts=args.n_experts)
-            learner = train_on_policy(args.env, cfg, steps, run=run, seed=seed, eval_every=every, progress=False)
+            cfg = PMOEPPOConfig(n_experts=args.n_experts) if policy == "mixture" else PPOConfig()
+            learner = train_on_policy(args.env, cfg, steps, run=run, seed=seed, eval_every=every, progress=False,
+                                      algo="pmoe_ppo" if policy == "mixture" else "ppo")
         wall = time.perf_counter() - t0
         m = read_metrics(run.metrics_csv)
     steps = int(m["step"].max())  # PPO rounds the budget up to whole rollouts

@@ -20,11 +20,11 @@ from hybridrl.data.measures import dataset_summary, plot_return_histogram
 from hybridrl.errors import ConfigError
 from hybridrl.loops.common import console, json_ready
 from hybridrl.loops.evaluate import evaluate_policy
-from hybridrl.loops.finetune import finetune
-from hybridrl.loops.train import build_config, finish_run, train
+from hybridrl.loops.finetune import FinetuneConfig, finetune
+from hybridrl.loops.train import finish_run, train
 from hybridrl.nn import load_policy
 from hybridrl.ope import evaluate_ope, select
-from hybridrl.runs import RunDir, dataclass_from_dict, load_config, plot_estimates, save_config
+from hybridrl.runs import RunDir, apply_overrides, dataclass_from_dict, load_config, plot_estimates, save_config
 
 PIPELINE_KEYS = {"env_id", "seed", "gamma", "behavior", "collect", "candidates", "ope", "select", "finetune"}
 
@@ -130,7 +130,7 @@ def run_pipeline(config: dict | str | Path, out: str | Path, overwrite: bool = F
     ft_eval = None
     if ft:
         console.rule(f"[bold]4. fine-tune {best} online for {ft['steps']} steps")
-        ppo_cfg = build_config("ppo", overrides=ft.get("set"))
+        ppo_cfg = apply_overrides(FinetuneConfig(), ft.get("set") or [])  # PPO + bc_coef, bc_decay, kl_coef
         frun = RunDir.create(run.path / "finetune", overwrite=True)
         start = load_policy(run.path / "candidates" / best / "policy", env_id)
         before = evaluate_policy(start, env_id, n_eval, seed=60_000)

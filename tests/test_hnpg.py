@@ -103,7 +103,8 @@ def test_hnpg_solves_a_chain_that_random_exploration_cannot(tmp_path):
 
     env_id, n = "hybridrl-test/Chain25-v0", 25
     if env_id not in gym.registry:
-        gym.register(id=env_id, entry_point="hybridrl.envs.toy:ChainEnv", kwargs=dict(n_states=n, slip=0.0, max_steps=40))
+        gym.register(id=env_id, entry_point="hybridrl.envs.toy:ChainEnv",
+                     kwargs=dict(n_states=n, slip=0.0, max_steps=40))
     assert chain_policy_value(np.full((n, 2), 0.5), 1.0, slip=0.0, horizon=40) < 2e-4
     data = collect(env_id, TabularPolicy(np.tile([0.1, 0.9], (n, 1))), 3000, seed=0, progress=False)
     cfg = HNPGConfig(num_envs=4, n_steps=64, gamma=0.99, critic_lr=3e-3)

@@ -28,7 +28,7 @@ SMALL = {"ppo": dict(n_steps=16, num_envs=2, minibatch_size=16, n_epochs=2), "bc
          "npg": dict(n_steps=16, num_envs=2, critic_minibatch_size=16, critic_epochs=2, hidden=(16, 16)),
          "trpo": dict(n_steps=16, num_envs=2, critic_minibatch_size=16, critic_epochs=2, hidden=(16, 16)),
          "hnpg": dict(n_steps=16, num_envs=2, critic_iters=2, hidden=(16, 16), critic_hidden=(16, 16)),
-         "mdpo": dict(n_steps=16, num_envs=2, sgd_steps=2, vf_epochs=1, vf_minibatch_size=16, hidden=(16, 16)),
+         "mdpo": dict(n_steps=16, num_envs=2, sgd_steps=2, critic_epochs=1, critic_minibatch_size=16, hidden=(16, 16)),
          "replay_pg": dict(n_steps=16, num_envs=2, minibatch_size=16, n_epochs=2, n_rollouts=2, hidden=(16, 16)),
          "mdpo_off": dict(hidden=(16, 16), old_policy_interval=1), "sac": dict(hidden=(32, 32))}
 
@@ -78,6 +78,8 @@ CASES += [("mdpo_off", "continuous"), ("sac", "continuous")]
 SMALL["props"] = dict(n_steps=16, num_envs=2, props_n_steps=8, minibatch_size=16, props_minibatch_size=16, n_epochs=2,
                       props_n_epochs=2, hidden=(16, 16))
 CASES += [("props", s) for s in SPACES]
+SMALL["pmoe_ppo"] = dict(n_steps=16, num_envs=2, minibatch_size=16, n_epochs=2, n_experts=3)  # pgcore: PMOE-PPO
+CASES += [("pmoe_ppo", "continuous")]
 
 
 def test_registry_lists_every_learner_and_rejects_unknown():

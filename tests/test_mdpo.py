@@ -79,7 +79,7 @@ def test_kl_direction_is_new_policy_first():
 
     KL(N1 || N2) = sum log(s2/s1) + (s1^2 + (m1 - m2)^2) / (2 s2^2) - 1/2, and not the reverse direction.
     """
-    learner = MDPOLearner(MDPOConfig(n_steps=32, sgd_steps=5, lr=3e-2, vf_epochs=1, hidden=(16,)), OBS, BOX, seed=0)
+    learner = MDPOLearner(MDPOConfig(n_steps=32, sgd_steps=5, lr=3e-2, critic_epochs=1, hidden=(16,)), OBS, BOX, seed=0)
     batch = _segments(learner.policy, b=1, t=32)
     obs = batch.obs.reshape(32, 3)
     m2, ls2 = _gauss_params(learner.policy, obs)
@@ -104,7 +104,7 @@ def test_step_size_schedule():
     learner = MDPOLearner(MDPOConfig(n_steps=16, step_size=0.3, step_size_schedule="constant"), OBS, BOX)
     learner.set_progress(0.7)
     assert learner.step_size() == 0.3
-    learner = MDPOLearner(MDPOConfig(n_steps=16, schedule_iterations=4, vf_epochs=1, sgd_steps=1), OBS, BOX)
+    learner = MDPOLearner(MDPOConfig(n_steps=16, schedule_iterations=4, critic_epochs=1, sgd_steps=1), OBS, BOX)
     learner.set_progress(0.9)  # ignored: K is given in iterations
     ts = [learner.update(_segments(learner.policy, seed=i))["step_size"] for i in range(3)]
     assert ts == pytest.approx([1.0, 0.75, 0.5])
@@ -112,14 +112,12 @@ def test_step_size_schedule():
 
 
 def test_discrete_update_and_config_errors():
-    learner = MDPOLearner(MDPOConfig(n_steps=16, sgd_steps=2, vf_epochs=1), OBS, gym.spaces.Discrete(3))
+    learner = MDPOLearner(MDPOConfig(n_steps=16, sgd_steps=2, critic_epochs=1), OBS, gym.spaces.Discrete(3))
     out = learner.update(_segments(learner.policy))
     assert out["kl_final"] > 0 and all(np.isfinite(v) for v in out.values())
     for bad in (dict(sgd_steps=0), dict(step_size=0.0), dict(gamma=1.0), dict(step_size_schedule="cosine")):
         with pytest.raises(ConfigError):
             MDPOConfig(**bad)
-    with pytest.raises(ConfigError, match="offline"):
-        learner.update(_segments(learner.policy), offline=object())
 
 
 def _transitions(n=32, seed=0):
@@ -170,7 +168,8 @@ def test_mdpo_learns_cartpole(tmp_path):
     from hybridrl.loops.on_policy import train_on_policy
 
     torch.set_num_threads(1)
-    cfg = MDPOConfig(num_envs=8, n_steps=64, sgd_steps=20, lr=1e-3, value_lr=1e-3, vf_epochs=10, vf_minibatch_size=64,
+    cfg = MDPOConfig(num_envs=8, n_steps=64, sgd_steps=20, lr=1e-3, critic_lr=1e-3, critic_epochs=10,
+                     critic_minibatch_size=64,
                      gamma=0.98, gae_lambda=0.8, normalize_reward=False)
     learner = train_on_policy("CartPole-v1", cfg, 50_000, seed=0, progress=False, algo="mdpo")
     ev = evaluate_policy(learner.policy, "CartPole-v1", 5, seed=0)

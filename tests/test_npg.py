@@ -13,7 +13,7 @@ from torch.distributions import Categorical, Independent, Normal
 
 from hybridrl.algos import get_algo
 from hybridrl.algos.npg import NPGConfig, NPGLearner, TRPOConfig, npg_policy_step
-from hybridrl.data.batches import Segments, Transitions
+from hybridrl.data.batches import Transitions
 from hybridrl.errors import ConfigError, ShapeError
 from hybridrl.losses.npg import (
     backtracking_line_search,
@@ -46,7 +46,8 @@ def test_mean_policy_kl_matches_closed_forms():
     p, q = torch.tensor([[0.2, 0.8], [0.5, 0.5]]), torch.tensor([[0.4, 0.6], [0.9, 0.1]])
     kl, m = mean_policy_kl(Categorical(probs=p), Categorical(probs=q))
     assert float(kl) == pytest.approx(float((p * (p / q).log()).sum(1).mean()), rel=1e-6)
-    mu0, mu1, s0, s1 = torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, 1.0]]), torch.tensor([[1.0, 2.0]]), torch.tensor([[2.0, 1.0]])
+    mu0, mu1 = torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, 1.0]])
+    s0, s1 = torch.tensor([[1.0, 2.0]]), torch.tensor([[2.0, 1.0]])
     kl, _ = mean_policy_kl(Independent(Normal(mu0, s0), 1), Independent(Normal(mu1, s1), 1))
     by_hand = (torch.log(s1 / s0) + (s0**2 + (mu0 - mu1) ** 2) / (2 * s1**2) - 0.5).sum()
     assert float(kl) == pytest.approx(float(by_hand), rel=1e-6) and m["kl"] >= 0
@@ -218,17 +219,15 @@ def test_npg_and_trpo_configs():
         TRPOConfig().max_kl = 0.1
 
 
-def test_npg_learner_rejects_offline_data():
-    obs_space = gym.spaces.Box(-1, 1, (3,), np.float32)
-    learner = NPGLearner(NPGConfig(n_steps=8), obs_space, gym.spaces.Discrete(2))
-    seg = Segments(obs=torch.randn(1, 8, 3), action=torch.randint(2, (1, 8)), reward=torch.randn(1, 8),
-                   next_obs=torch.randn(1, 8, 3), terminated=torch.zeros(1, 8, dtype=torch.bool),
-                   truncated=torch.zeros(1, 8, dtype=torch.bool), behavior_log_prob=torch.zeros(1, 8))
-    off = Transitions(obs=torch.randn(4, 3), action=torch.zeros(4, dtype=torch.long), reward=torch.zeros(4),
-                      next_obs=torch.randn(4, 3), terminated=torch.zeros(4, dtype=torch.bool),
+def test_on_policy_loop_rejects_offline_data_for_npg():
+    """Only learners with ``uses_offline_data`` (HNPG) get the dataset; NPG with one is a ConfigError."""
+    from hybridrl.loops.on_policy import train_on_policy
+
+    off = Transitions(obs=torch.randn(4, 4), action=torch.zeros(4, dtype=torch.long), reward=torch.zeros(4),
+                      next_obs=torch.randn(4, 4), terminated=torch.zeros(4, dtype=torch.bool),
                       truncated=torch.zeros(4, dtype=torch.bool))
-    with pytest.raises(ConfigError, match="hnpg"):
-        learner.update(seg, off)
+    with pytest.raises(ConfigError, match="npg does not use offline data"):
+        train_on_policy("CartPole-v1", NPGConfig(n_steps=8), 8, algo="npg", offline=off, progress=False)
 
 
 # ---------------------------------------------------------------------------------------------- learning

@@ -13,8 +13,9 @@ import test_learners as contract
 import torch
 from torch.distributions import AffineTransform, Independent, Normal, TanhTransform, TransformedDistribution
 
-from hybridrl.algos.ppo import PPOConfig, PPOLearner
+from hybridrl.algos.pmoe_ppo import PMOEPPOConfig, PMOEPPOLearner
 from hybridrl.algos.sac import SACConfig, SACLearner
+from hybridrl.data.batches import Segments
 from hybridrl.errors import ConfigError, ShapeError
 from hybridrl.losses.sac import pmoe_actor_loss, pmoe_router_loss
 from hybridrl.nn import load_policy, save_policy
@@ -114,39 +115,45 @@ def test_pmoe_sac_actor_step_trains_only_the_best_expert_and_the_router_not_the_
 
 
 def test_config_checks():
-    with pytest.raises(ConfigError, match="policy"):
-        PPOConfig(policy="moe")
+    with pytest.raises(ConfigError, match="n_experts"):
+        PMOEPPOConfig(n_experts=0)
     with pytest.raises(ConfigError, match="n_experts"):
         SACConfig(n_experts=0)
     with pytest.raises(ShapeError, match="Box"):
-        PPOLearner(PPOConfig(policy="mixture"), OBS, gym.spaces.Discrete(3))
-    learner = PPOLearner(PPOConfig(policy="mixture", n_experts=5), OBS, ACT)
+        PMOEPPOLearner(PMOEPPOConfig(), OBS, gym.spaces.Discrete(3))
+    learner = PMOEPPOLearner(PMOEPPOConfig(n_experts=5), OBS, ACT)
     assert isinstance(learner.policy, GaussianMixturePolicy) and learner.policy.log_std.shape == (5, 2)
 
 
-@pytest.mark.parametrize("algo,small", [
-    ("sac", dict(hidden=(32, 32), policy="mixture", n_experts=3)),
-    ("ppo", dict(n_steps=16, num_envs=2, minibatch_size=16, n_epochs=2, policy="mixture", n_experts=3)),
-])
-def test_pmoe_learners_pass_the_contract(algo, small, tmp_path, monkeypatch):
-    monkeypatch.setitem(contract.SMALL, algo, small)
-    contract.test_learner_contract(algo, "continuous", tmp_path)
-    contract.test_same_seed_same_result(algo, "continuous")
-    if algo == "ppo":
-        contract.test_ppo_first_minibatch_ratio_is_one()  # sampling and log_prob_entropy agree on the mixture
+def test_pmoe_sac_passes_the_contract(tmp_path, monkeypatch):
+    monkeypatch.setitem(contract.SMALL, "sac", dict(hidden=(32, 32), policy="mixture", n_experts=3))
+    contract.test_learner_contract("sac", "continuous", tmp_path)
+    contract.test_same_seed_same_result("sac", "continuous")
+
+
+def test_pmoe_ppo_first_minibatch_ratio_is_one():
+    """With the mixture's own log-probs the first minibatch has ratio 1: ``log_prob`` and ``log_prob_entropy`` agree
+    (the learner contract itself runs in test_learners)."""
+    space = contract.SPACES["continuous"]
+    cfg = PMOEPPOConfig(**{**contract.SMALL["pmoe_ppo"], "n_epochs": 1, "minibatch_size": 32})
+    learner = PMOEPPOLearner(cfg, contract.OBS, space)
+    b = contract._batch("pmoe_ppo", space)
+    with torch.no_grad():
+        logp = learner.policy.log_prob(b.obs.reshape(32, -1), b.action.reshape(32, -1)).reshape(2, 16)  # [N, D] only
+    m = learner.update(Segments(b.obs, b.action, b.reward, b.next_obs, b.terminated, b.truncated, logp))
+    assert m["approx_kl"] == pytest.approx(0.0, abs=1e-6) and m["clip_fraction"] == 0.0
 
 
 def test_pmoe_ppo_router_and_q_terms_match_a_per_expert_loop():
     """L_Q + L_router of PMOE-PPO against a loop over experts; gradients reach only Q and the router head."""
-    learner = PPOLearner(PPOConfig(policy="mixture", n_experts=3, hidden=(16,)), OBS, ACT, seed=1)
+    learner = PMOEPPOLearner(PMOEPPOConfig(n_experts=3, hidden=(16,)), OBS, ACT, seed=1)
     with torch.no_grad():
         learner.policy.mean_head.weight.normal_(0, 1.0)
         learner.policy.router.weight.normal_(0, 1.0)
     g = torch.Generator().manual_seed(2)
     obs, act, ret = torch.randn(8, 3, generator=g), torch.randn(8, 2, generator=g), torch.randn(8, generator=g)
     torch.manual_seed(3)
-    metrics: dict = {}
-    loss = learner._pmoe_router_q_loss(obs, act, ret, metrics)
+    loss, metrics = learner.router_q_loss({"obs": obs, "action": act, "ret": ret})
     torch.manual_seed(3)
     with torch.no_grad():
         actions, _, w = learner.policy.expert_sample(obs)
@@ -163,7 +170,8 @@ def test_pmoe_ppo_router_and_q_terms_match_a_per_expert_loop():
 
 
 class TwoPeaks(gym.Env):
-    """One-step continuous bandit with two optimal actions, r(a) = exp(-(a-1)^2/0.1) + exp(-(a+1)^2/0.1), a in [-2, 2]."""
+    """One-step continuous bandit with two optimal actions, r(a) = exp(-(a-1)^2/0.1) + exp(-(a+1)^2/0.1),
+    a in [-2, 2]."""
 
     observation_space = gym.spaces.Box(-1, 1, (1,), np.float32)
     action_space = gym.spaces.Box(-2, 2, (1,), np.float32)
@@ -174,23 +182,25 @@ class TwoPeaks(gym.Env):
 
     def step(self, action):
         a = float(np.clip(action[0], -2, 2))
-        return np.zeros(1, np.float32), float(np.exp(-(a - 1) ** 2 / 0.1) + np.exp(-(a + 1) ** 2 / 0.1)), True, False, {}
+        reward = float(np.exp(-(a - 1) ** 2 / 0.1) + np.exp(-(a + 1) ** 2 / 0.1))
+        return np.zeros(1, np.float32), reward, True, False, {}
 
 
 @pytest.mark.slow
 def test_pmoe_ppo_learns_a_two_peak_bandit():
-    """15k steps raise the stochastic policy's mean reward from 0.22 (untrained) to > 0.35 (seeds 0-2 gave 0.40-0.47)."""
+    """15k steps raise the stochastic policy's mean reward from 0.22 (untrained) to > 0.35 (seeds 0-2 gave
+    0.40-0.47)."""
     from hybridrl.loops.evaluate import evaluate_policy
     from hybridrl.loops.on_policy import train_on_policy
 
     env_id = "hybridrl-test/TwoPeaks-v0"
     if env_id not in gym.registry:
         gym.register(env_id, entry_point=TwoPeaks)
-    cfg = PPOConfig(num_envs=8, n_steps=64, minibatch_size=128, lr=1e-3, log_std_init=-0.5, normalize_reward=False,
-                    normalize_obs=False, policy="mixture", n_experts=4, hidden=(32, 32), gamma=0.9)
-    untrained = PPOLearner(cfg, TwoPeaks.observation_space, TwoPeaks.action_space, seed=1).policy
+    cfg = PMOEPPOConfig(num_envs=8, n_steps=64, minibatch_size=128, lr=1e-3, log_std_init=-0.5, normalize_reward=False,
+                        normalize_obs=False, n_experts=4, hidden=(32, 32), gamma=0.9)
+    untrained = PMOEPPOLearner(cfg, TwoPeaks.observation_space, TwoPeaks.action_space, seed=1).policy
     before = evaluate_policy(untrained, env_id, 200, seed=0, deterministic=False)["mean"]
-    learner = train_on_policy(env_id, cfg, 15_000, seed=1, progress=False)
+    learner = train_on_policy(env_id, cfg, 15_000, seed=1, progress=False, algo="pmoe_ppo")
     after = evaluate_policy(learner.policy, env_id, 200, seed=0, deterministic=False)["mean"]
     assert before < 0.3 and after > 0.35, (before, after)
 

@@ -14,10 +14,10 @@ from torch.distributions import Categorical, Independent, Normal
 
 from hybridrl.algos.ppo import PPOLearner
 from hybridrl.algos.props import PROPSConfig, PROPSLearner, _rows
-from hybridrl.data.batches import Segments
+from hybridrl.data.batches import Segments, Transitions
 from hybridrl.data.sampling_error import sampling_error, tabular_sampling_error
 from hybridrl.errors import ConfigError, ShapeError
-from hybridrl.loops.props import SegmentBuffer, train_props
+from hybridrl.loops.props import train_props
 from hybridrl.losses.core import ppo_clip_loss
 from hybridrl.losses.props import policy_kl, props_behavior_loss
 from hybridrl.nn import CategoricalPolicy, make_policy
@@ -38,7 +38,8 @@ def _segments(space, b=2, t=16, seed=0) -> Segments:
     term = torch.rand(b, t, generator=g) < 0.1
     return Segments(obs=torch.randn(b, t, 4, generator=g), action=act, reward=torch.randn(b, t, generator=g),
                     next_obs=torch.randn(b, t, 4, generator=g), terminated=term,
-                    truncated=(torch.rand(b, t, generator=g) < 0.1) & ~term, behavior_log_prob=-torch.rand(b, t, generator=g))
+                    truncated=(torch.rand(b, t, generator=g) < 0.1) & ~term,
+                    behavior_log_prob=-torch.rand(b, t, generator=g))
 
 
 def _state(module) -> dict[str, torch.Tensor]:
@@ -87,7 +88,8 @@ def test_policy_kl_categorical_and_gaussian_by_hand():
     p, q = torch.tensor([[0.2, 0.3, 0.5]]), torch.tensor([[0.4, 0.4, 0.2]])
     expected = float((p * (p / q).log()).sum())
     assert policy_kl(Categorical(probs=p), Categorical(probs=q)).item() == pytest.approx(expected, rel=1e-5)
-    mu_p, s_p, mu_q, s_q = torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, 0.5]]), torch.tensor([[0.5, 0.0]]), torch.tensor([[2.0, 1.0]])
+    mu_p, s_p = torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, 0.5]])
+    mu_q, s_q = torch.tensor([[0.5, 0.0]]), torch.tensor([[2.0, 1.0]])
     per_dim = torch.log(s_q / s_p) + (s_p**2 + (mu_p - mu_q) ** 2) / (2 * s_q**2) - 0.5  # PPOROS lines 355-358
     dp, dq = Independent(Normal(mu_p, s_p), 1), Independent(Normal(mu_q, s_q), 1)
     assert policy_kl(dp, dq, "mean").item() == pytest.approx(per_dim.mean().item(), rel=1e-6)
@@ -113,7 +115,7 @@ def test_config_checks():
 def test_reset_makes_behavior_equal_target_and_first_ratio_is_one(kind):
     space = SPACES[kind]
     learner = PROPSLearner(PROPSConfig(**{**SMALL, "props_n_epochs": 1, "props_minibatch_size": 64}), OBS, space)
-    learner.update(_segments(space))  # the target moves away from the initial copy
+    learner.update_target(_segments(space))  # the target moves away from the initial copy
     with torch.no_grad():
         for p in learner.behavior_policy.parameters():
             p.add_(0.3)
@@ -125,7 +127,8 @@ def test_reset_makes_behavior_equal_target_and_first_ratio_is_one(kind):
             p.add_(0.3)
     m = learner.update_behavior(_segments(space, seed=1))  # resets first: one step on all 32 samples from phi = theta
     assert m["behavior_minibatches"] == 1.0
-    assert m["behavior_ratio_mean"] == pytest.approx(1.0, abs=1e-5) and m["behavior_approx_kl"] == pytest.approx(0.0, abs=1e-6)
+    assert m["behavior_ratio_mean"] == pytest.approx(1.0, abs=1e-5)
+    assert m["behavior_approx_kl"] == pytest.approx(0.0, abs=1e-6)
     assert 0.0 < m["behavior_kl"] < 0.1
 
 
@@ -140,7 +143,7 @@ def test_gradient_isolation_between_target_and_behavior(kind):
     assert all(torch.equal(v, learner.critic.state_dict()[k]) for k, v in crit.items())
     assert any(not torch.equal(v, pol[k]) for k, v in learner.behavior_policy.state_dict().items())
     beh = _state(learner.behavior_policy)
-    learner.update(_segments(space, seed=2))
+    learner.update_target(_segments(space, seed=2))
     assert all(torch.equal(v, learner.behavior_policy.state_dict()[k]) for k, v in beh.items())
 
 
@@ -173,63 +176,43 @@ def test_target_update_ignores_behavior_log_probs_and_is_ppo_on_recomputed_log_p
             ppo2.update(Segments(seg.obs, seg.action, seg.reward, seg.next_obs, seg.terminated, seg.truncated, logp))
         else:
             torch.manual_seed(0)
-            learner.update(s)
+            learner.update_target(s)
         results.append(_state(learner.policy))
     for other in results[1:]:
         assert all(torch.allclose(v, other[k], atol=1e-6) for k, v in results[0].items())
 
 
 def test_offline_data_is_rejected():
-    learner = PROPSLearner(PROPSConfig(**SMALL), OBS, SPACES["discrete"])
+    from hybridrl.loops.on_policy import train_on_policy
+
+    transitions = Transitions(obs=torch.zeros(4, 4), action=torch.zeros(4, dtype=torch.int64), reward=torch.zeros(4),
+                              next_obs=torch.zeros(4, 4), terminated=torch.zeros(4, dtype=torch.bool),
+                              truncated=torch.zeros(4, dtype=torch.bool))
     with pytest.raises(ConfigError, match="offline"):
-        learner.update(_segments(SPACES["discrete"]), offline=object())
+        train_on_policy("CartPole-v1", PROPSConfig(**SMALL), 16, algo="props", offline=transitions, progress=False)
 
 
 # ------------------------------------------------------------------------------------------------ buffer + loop
-def _block(b, m, label):
-    x = np.full((b, m), label, np.float32) + np.arange(m, dtype=np.float32) / 10
-    return dict(obs=x[..., None], next_obs=x[..., None] + 0.05, action=np.full((b, m), label, np.int64), reward=x,
-                terminated=np.zeros((b, m), bool), truncated=np.zeros((b, m), bool), behavior_log_prob=x)
-
-
-def test_segment_buffer_keeps_the_newest_steps_in_time_order():
-    buf = SegmentBuffer(2, 6, (1,), (), discrete=True)
-    for label in range(4):
-        buf.add(**_block(2, 2, label))
-    assert buf.size == 6
-    assert buf.data["action"][0].tolist() == [1, 1, 2, 2, 3, 3]
-    assert np.all(np.diff(buf.data["obs"][1, :, 0]) > 0)  # oldest first, consecutive steps
-    seg = buf.segments(last=4, reward_scale=10.0, reward_clip=25.0)
-    assert seg.action[0].tolist() == [2, 2, 3, 3] and seg.reward[0].tolist() == pytest.approx([20, 21, 25, 25])
-    clone = SegmentBuffer(2, 6, (1,), (), discrete=True)
-    clone.load_state_dict(buf.state_dict())
-    assert all(np.array_equal(v, clone.data[k]) for k, v in buf.data.items())
-    with pytest.raises(ShapeError):
-        buf.add(**_block(2, 7, 0))
-    with pytest.raises(ShapeError):
-        buf.add(**{**_block(2, 2, 0), "obs": np.zeros((2, 2, 3), np.float32)})
-
-
 def test_loop_updates_see_the_right_slices(monkeypatch):
     """n = 8, m = 4, b = 2 (capacity 16): targets every 8 steps on the whole buffer; behaviour every 4 steps on the
     newest min(size, 16 - 4) steps, i.e. all but the oldest m once the buffer is full."""
     seen = {"target": [], "behavior": [], "newest": []}
-    orig_update, orig_behavior = PROPSLearner.update, PROPSLearner.update_behavior
+    orig_update, orig_behavior = PROPSLearner.update_target, PROPSLearner.update_behavior
 
-    def spy_update(self, batch, offline=None):
+    def spy_update(self, batch):
         seen["target"].append(batch.horizon)
-        return orig_update(self, batch, offline)
+        return orig_update(self, batch)
 
     def spy_behavior(self, batch):
         seen["behavior"].append(batch.horizon)
         seen["newest"].append(batch.obs[:, -1].clone())
         return orig_behavior(self, batch)
 
-    monkeypatch.setattr(PROPSLearner, "update", spy_update)
+    monkeypatch.setattr(PROPSLearner, "update_target", spy_update)
     monkeypatch.setattr(PROPSLearner, "update_behavior", spy_behavior)
     buffers = []
-    cfg = PROPSConfig(num_envs=2, n_steps=8, props_n_steps=4, buffer_batches=2, minibatch_size=8, props_minibatch_size=8,
-                      n_epochs=1, props_n_epochs=1, hidden=(8,))
+    cfg = PROPSConfig(num_envs=2, n_steps=8, props_n_steps=4, buffer_batches=2, minibatch_size=8,
+                      props_minibatch_size=8, n_epochs=1, props_n_epochs=1, hidden=(8,))
     train_props("CartPole-v1", cfg, 48, seed=0, progress=False,
                 callback=lambda step, learner, buf: buffers.append(buf.segments().obs[:, -1].clone()))
     assert seen["target"] == [8, 16, 16] and seen["behavior"] == [4, 8, 12, 12, 12, 12]
@@ -270,7 +253,8 @@ def test_mle_sampling_error_matches_counts_on_a_single_state():
     rng = np.random.default_rng(0)
     actions = rng.choice(3, size=60, p=[0.2, 0.3, 0.5])
     exact = tabular_sampling_error(np.zeros(60, int), actions, np.array([[0.2, 0.3, 0.5]]))
-    est = sampling_error(_bandit_target(), np.ones((60, 1), np.float32), actions, epochs=300, lr=1e-2, minibatch_size=60)
+    est = sampling_error(_bandit_target(), np.ones((60, 1), np.float32), actions, epochs=300, lr=1e-2,
+                         minibatch_size=60)
     assert est["kl"] == pytest.approx(exact, abs=3e-4) and exact > 0.002
 
 
@@ -284,9 +268,12 @@ def test_props_collection_has_lower_sampling_error_than_on_policy_with_a_fixed_t
                           props_minibatch_size=256, props=props, props_lr=1e-2, props_target_kl=0.03, props_kl_coef=0.1,
                           normalize_reward=False, normalize_obs=False, hidden=(8,))
         for seed in range(6):
-            learner = train_props(BANDIT3, cfg, 100, seed=seed, policy=_bandit_target(), freeze_target=True, progress=False,
-                                  callback=lambda step, lrn, buf: final[props].append(buf.data["action"][0, : buf.size].copy())
-                                  if step == 100 else None)
+            def keep_actions(step, lrn, buf, props=props):
+                if step == 100:
+                    final[props].append(buf.data["action"][0, : buf.size].copy())
+
+            learner = train_props(BANDIT3, cfg, 100, seed=seed, policy=_bandit_target(), freeze_target=True,
+                                  progress=False, callback=keep_actions)
             assert torch.equal(learner.policy.logits[-1].bias, torch.log(torch.tensor([0.2, 0.3, 0.5])))  # frozen
     kl = {k: np.mean([tabular_sampling_error(np.zeros(len(a), int), a, p) for a in v]) for k, v in final.items()}
     assert len(final[True]) == len(final[False]) == 6
@@ -301,10 +288,12 @@ def test_props_learns_cartpole():
 
     cfg = PROPSConfig(num_envs=8, n_steps=128, buffer_batches=2, props_n_steps=32, minibatch_size=256,
                       props_minibatch_size=512, lr=1e-3, props_lr=1e-3, props_kl_coef=0.1, props_target_kl=0.03,
-                      gamma=0.98, gae_lambda=0.8, normalize_reward=False, ent_coef=0.0, target_kl=None, props_n_epochs=4)
+                      gamma=0.98, gae_lambda=0.8, normalize_reward=False, ent_coef=0.0, target_kl=None,
+                      props_n_epochs=4)
     evals = []
     train_props("CartPole-v1", cfg, 30_720, seed=0, progress=False,
-                callback=lambda step, lrn, buf: evals.append(evaluate_policy(lrn.policy, "CartPole-v1", 5, seed=step)["mean"])
+                callback=lambda step, lrn, buf: evals.append(evaluate_policy(lrn.policy, "CartPole-v1", 5,
+                                                                             seed=step)["mean"])
                 if step % 10_240 == 0 else None)
     # Random play scores ~22. Over seeds 0-10 the best of the three evaluations ranged from 157 to 500 (5 of 11
     # seeds reached 500), so 150 is a bar every seed we ran clears, well above an untrained policy.

@@ -120,7 +120,8 @@ def test_weighted_ppo_loss_with_unit_weights_is_ppo():
     b, mb = ppo_clip_loss(logp, old, adv, 0.2)
     assert float(a) == pytest.approx(float(b), abs=1e-7) and ma["clip_fraction"] == mb["clip_fraction"]
     # hand case: r = 2 (clipped to 1.2 for A > 0), w = 0.5 -> loss = -0.5 * 1.2 * 1
-    loss, m = weighted_ppo_clip_loss(torch.log(torch.tensor([2.0])), torch.zeros(1), torch.ones(1), torch.tensor([0.5]), 0.2)
+    loss, m = weighted_ppo_clip_loss(torch.log(torch.tensor([2.0])), torch.zeros(1), torch.ones(1), torch.tensor([0.5]),
+                                     0.2)
     assert float(loss) == pytest.approx(-0.6) and m["weight_mean"] == 0.5
 
 
@@ -148,7 +149,8 @@ def _segments(space, policy=None, b=2, t=16, seed=0):
         with torch.no_grad():
             logp = policy.log_prob(obs.reshape(b * t, 3), action.reshape(b * t, *action.shape[2:])).reshape(b, t)
     term = torch.rand(b, t, generator=g) < 0.1
-    return Segments(obs=obs, action=action, reward=torch.randn(b, t, generator=g), next_obs=torch.randn(b, t, 3, generator=g),
+    return Segments(obs=obs, action=action, reward=torch.randn(b, t, generator=g),
+                    next_obs=torch.randn(b, t, 3, generator=g),
                     terminated=term, truncated=(torch.rand(b, t, generator=g) < 0.1) & ~term, behavior_log_prob=logp)
 
 

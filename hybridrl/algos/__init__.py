@@ -30,6 +30,7 @@ def _registry() -> dict[str, AlgoSpec]:
     from hybridrl.algos.mdpo import MDPOConfig, MDPOLearner
     from hybridrl.algos.mdpo_off import MDPOOffConfig, MDPOOffLearner
     from hybridrl.algos.npg import NPGConfig, NPGLearner, TRPOConfig
+    from hybridrl.algos.pmoe_ppo import PMOEPPOConfig, PMOEPPOLearner
     from hybridrl.algos.ppo import PPOConfig, PPOLearner
     from hybridrl.algos.props import PROPSConfig, PROPSLearner
     from hybridrl.algos.replay_pg import ReplayPGConfig, ReplayPGLearner
@@ -37,7 +38,8 @@ def _registry() -> dict[str, AlgoSpec]:
 
     return {
         "ppo": AlgoSpec(PPOConfig, PPOLearner, "on_policy"),
-        "props": AlgoSpec(PROPSConfig, PROPSLearner, "on_policy"),  # driven by loops.props.train_props
+        "pmoe_ppo": AlgoSpec(PMOEPPOConfig, PMOEPPOLearner, "on_policy"),
+        "props": AlgoSpec(PROPSConfig, PROPSLearner, "on_policy"),
         "mdpo": AlgoSpec(MDPOConfig, MDPOLearner, "on_policy"),
         "replay_pg": AlgoSpec(ReplayPGConfig, ReplayPGLearner, "on_policy"),
         "bc": AlgoSpec(BCConfig, BCLearner, "offline"),

@@ -1,12 +1,16 @@
-"""What on-policy actor-critic learners share: their config fields, building the actor and critic, GAE over a rollout."""
+"""What on-policy actor-critic learners share: their config fields, building the actor and critic, GAE over a
+rollout, and the epoch/minibatch/target-KL update loop (:func:`minibatch_epochs`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import gymnasium as gym
+import numpy as np
 import torch
 
+from hybridrl.algos import gradient_step
 from hybridrl.data.batches import Segments
 from hybridrl.nn import Policy, ValueNet, make_policy
 from hybridrl.ops import gae
@@ -27,8 +31,9 @@ class ActorCriticConfig:
         minibatch_size: transitions per gradient step (must divide ``num_envs * n_steps``).
         gamma: discount in [0, 1).
         gae_lambda: GAE lambda in [0, 1].
-        clip_ratio: epsilon of the clipped surrogate (> 0), also the value-clip range when ``clip_value``.
-        clip_value: clip the value update to ``+-clip_ratio`` around the value at collection / update start.
+        clip_ratio: epsilon of the clipped surrogate (> 0).
+        value_clip: clip range of the value update around the value at collection / update start (> 0);
+            None = unclipped squared error.
         ent_coef: entropy bonus coefficient (>= 0).
         vf_coef: value-loss coefficient (>= 0).
         max_grad_norm: global gradient-norm clip (> 0).
@@ -52,7 +57,7 @@ class ActorCriticConfig:
     gamma: float = 0.99
     gae_lambda: float = 0.95
     clip_ratio: float = 0.2
-    clip_value: bool = True
+    value_clip: float | None = 0.2
     ent_coef: float = 0.0
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
@@ -69,7 +74,8 @@ class ActorCriticConfig:
         from hybridrl.errors import ConfigError
 
         check_config(self, lr=(1e-12, None), num_envs=(1, None), n_steps=(1, None), n_epochs=(1, None),
-                     clip_ratio=(1e-6, None), ent_coef=(0.0, None), vf_coef=(0.0, None), max_grad_norm=(1e-12, None),
+                     clip_ratio=(1e-6, None), value_clip=(1e-6, None), ent_coef=(0.0, None), vf_coef=(0.0, None),
+                     max_grad_norm=(1e-12, None),
                      target_kl=(0.0, None), gae_lambda=(0.0, 1.0))
         if not 0.0 <= self.gamma < 1.0:
             raise ConfigError(f"{type(self).__name__}.gamma={self.gamma!r}; expected 0 <= gamma < 1")
@@ -105,9 +111,56 @@ def rollout_advantages(critic: ValueNet, batch: Segments, gamma: float, gae_lamb
     Returns ``(advantage, return, value)``, each flattened over the valid steps ``[batch.mask.sum()]`` in the
     order of ``batch.flatten()``.
     """
-    b, t = batch.reward.shape
-    values = critic(batch.obs.reshape(b * t, -1)).reshape(b, t)
-    next_values = critic(batch.next_obs.reshape(b * t, -1)).reshape(b, t)
+    values, next_values = critic(batch.obs), critic(batch.next_obs)  # [B, T]: the networks broadcast over B, T
     advantages, returns = gae(batch.reward, values, next_values, batch.terminated, batch.truncated, gamma, gae_lambda)
     m = batch.mask.reshape(-1)
     return advantages.reshape(-1)[m], returns.reshape(-1)[m], values.reshape(-1)[m]
+
+
+Minibatch = dict[str, torch.Tensor]
+LossFn = Callable[[Minibatch], tuple[torch.Tensor, dict[str, float]]]
+
+
+def minibatch_epochs(data: Minibatch, n_epochs: int, minibatch_size: int, generator: torch.Generator,
+                     loss_fn: LossFn, optimizer: torch.optim.Optimizer, max_grad_norm: float | None = None,
+                     target_kl: float | None = None, drop_last: bool = False) -> tuple[dict[str, float], int]:
+    """Shuffled minibatch gradient steps over ``data`` for ``n_epochs`` epochs (the PPO update loop, CleanRL style).
+
+    Each epoch draws one ``torch.randperm(n, generator=generator)``, gathers every tensor of ``data`` once in that
+    order and takes contiguous minibatch views of ``minibatch_size`` rows; per minibatch ``loss_fn(minibatch)``
+    gives ``(loss, metrics)`` and :func:`~hybridrl.algos.gradient_step` takes one clipped optimiser step.
+    With ``target_kl`` the epochs stop after the first epoch whose mean ``metrics["approx_kl"]`` exceeds it
+    (Huang et al. 2022, "The 37 Implementation Details of PPO", detail 12 of the continuous ones).
+
+    Args:
+        data: tensors with the same first dimension ``N`` (e.g. obs ``[N, obs_dim]``, advantages ``[N]``).
+        n_epochs: passes over the data. minibatch_size: rows per step; a final partial minibatch is used
+            (or dropped with ``drop_last``).
+        generator: the learner's torch generator (the only randomness consumed here).
+        loss_fn: ``minibatch -> (loss, metrics)`` with float metrics; ``approx_kl`` required with ``target_kl``.
+        optimizer, max_grad_norm: as :func:`~hybridrl.algos.gradient_step` (None: no clipping).
+        target_kl: nats, or None (all epochs run).
+    Returns:
+        ``(means, epochs)``: every metric (plus ``grad_norm``) averaged over the steps taken (empty when none),
+        and the epochs run.
+    """
+    n = len(next(iter(data.values())))
+    last = n - minibatch_size + 1 if drop_last else n
+    sums: dict[str, float] = {}
+    count = 0
+    for epoch in range(n_epochs):
+        # One gather per epoch, then contiguous minibatch views (fewer ops than indexing every minibatch).
+        perm = torch.randperm(n, generator=generator)
+        shuffled = {k: v[perm] for k, v in data.items()}
+        epoch_kl = []
+        for start in range(0, last, minibatch_size):
+            loss, metrics = loss_fn({k: v[start : start + minibatch_size] for k, v in shuffled.items()})
+            metrics["grad_norm"] = gradient_step(optimizer, loss, max_grad_norm)
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + v
+            count += 1
+            if target_kl is not None:
+                epoch_kl.append(metrics["approx_kl"])
+        if target_kl is not None and float(np.mean(epoch_kl)) > target_kl:
+            return {k: v / count for k, v in sums.items()}, epoch + 1
+    return {k: v / count for k, v in sums.items()}, n_epochs

@@ -4,7 +4,7 @@ Provable Guarantees", ICLR 2024, arXiv:2311.08384; official code github.com/Yife
 Per rollout of ``B`` envs x ``T`` steps (a :class:`Segments` batch) plus an offline :class:`Transitions` set D:
 
     critic   Q_phi fit by ``critic_iters`` full-batch Adam steps on
-             mean_on (Q(s, a) - G)^2 + mean_off (Q(s, a) - y)^2                               (official trpo.py update_q)
+             mean_on (Q(s, a) - G)^2 + mean_off (Q(s, a) - y)^2                              (official trpo.py update_q)
              G = discounted on-policy return-to-go (bootstrapped with V at truncations and at the rollout's end)
              y = r + gamma (1 - terminated) V(s'),  V(s) = E_{a ~ pi} Q_phi_old(s, a)        (fitted-Q evaluation)
     advantage on-policy: GAE(gamma, lambda) with V(s) = E_{a ~ pi} Q_phi(s, a) of the fitted critic
@@ -90,9 +90,11 @@ class HNPGConfig:
         check_config(self, num_envs=(1, None), n_steps=(1, None), offline_ratio=(1e-12, None), critic_lr=(1e-12, None),
                      critic_iters=(1, None), value_samples=(1, None), reward_scale=(1e-12, None))
         if not self.critic_hidden or any(int(h) <= 0 for h in self.critic_hidden):
-            raise ConfigError(f"HNPGConfig.critic_hidden={self.critic_hidden!r}; expected positive widths such as 64,64")
+            raise ConfigError(f"HNPGConfig.critic_hidden={self.critic_hidden!r}; "
+                              "expected positive widths such as 64,64")
         if not 0.0 <= self.gamma < 1.0 or not 0.0 <= self.gae_lambda <= 1.0:
-            raise ConfigError(f"HNPGConfig needs 0 <= gamma < 1 and 0 <= gae_lambda <= 1, got {self.gamma}, {self.gae_lambda}")
+            raise ConfigError(f"HNPGConfig needs 0 <= gamma < 1 and 0 <= gae_lambda <= 1, "
+                              f"got {self.gamma}, {self.gae_lambda}")
         if self.normalize_reward:
             raise ConfigError("HNPGConfig.normalize_reward=True would scale on-policy rewards but not the offline "
                               "ones that train the same critic; keep it False and use reward_scale")
@@ -104,6 +106,8 @@ class HNPGConfig:
 
 class HNPGLearner:
     """HNPG learner: ``update(Segments, offline=Transitions) -> metrics``; ``set_progress`` is a no-op."""
+
+    uses_offline_data = True  # the on-policy loop passes the dataset's transitions to every update
 
     def __init__(self, config: HNPGConfig, observation_space: gym.Space, action_space: gym.Space, seed: int = 0,
                  policy: Policy | None = None):
@@ -134,13 +138,20 @@ class HNPGLearner:
 
     @torch.no_grad()
     def state_value(self, obs: torch.Tensor) -> torch.Tensor:
-        """V(s) = E_{a ~ pi} Q(s, a) for raw ``obs [N, D]`` -> ``[N]``: exact (discrete) or a sample mean (Gaussian)."""
+        """V(s) = E_{a ~ pi} Q(s, a) for raw ``obs [..., D]`` -> ``[...]``: exact (discrete) or a sample mean
+        (Gaussian)."""
         if self.policy.discrete:
             return (self.policy.probs(obs) * self.q.all_actions(obs)).sum(-1)
         return torch.stack([self.q(obs, self._sample_action(obs)) for _ in range(self.config.value_samples)]).mean(0)
 
     def update(self, batch: Segments, offline: Transitions | None = None) -> dict[str, float]:
         """Critic fit on on-policy returns + offline fitted-Q targets, then one NPG/TRPO step on both.
+
+        ``batch``: the rollout, ``Segments [B, T]``; ``offline``: flat ``Transitions [N]`` (``offline_ratio * B * T``
+        of them are drawn with replacement per update). Returns the policy step's metrics (see
+        :func:`~hybridrl.algos.npg.npg_policy_step`), ``q_loss, q_loss_on, q_loss_off, q_mean`` (last critic
+        iteration), ``explained_variance`` (of Q on the on-policy returns), ``advantage_on_mean``,
+        ``advantage_off_mean``, ``value_mean``, ``offline_batch``.
 
         Raises:
             ConfigError: without offline data (pass ``--dataset`` / ``offline=``).
@@ -161,15 +172,14 @@ class HNPGLearner:
         off = offline.index(idx)
         reward = batch.reward * cfg.reward_scale
         with torch.no_grad():  # regression targets from the critic before this update (fitted-Q iteration)
-            boot = self.state_value(batch.next_obs.reshape(b * t, -1)).reshape(b, t)
+            boot = self.state_value(batch.next_obs)  # [B, T]: the networks broadcast over B, T
             g_on = discounted_returns(reward, batch.terminated, batch.truncated, cfg.gamma, boot).reshape(-1)[m]
             not_term = (~off.terminated).to(off.reward.dtype)
             y_off = off.reward * cfg.reward_scale + cfg.gamma * not_term * self.state_value(off.next_obs)
             q_before = self.q(flat.obs, flat.action)
         metrics = self._fit_critic(flat, g_on, off, y_off)
         with torch.no_grad():
-            values = self.state_value(batch.obs.reshape(b * t, -1)).reshape(b, t)
-            next_values = self.state_value(batch.next_obs.reshape(b * t, -1)).reshape(b, t)
+            values, next_values = self.state_value(batch.obs), self.state_value(batch.next_obs)
             adv_on, _ = gae(reward, values, next_values, batch.terminated, batch.truncated, cfg.gamma, cfg.gae_lambda)
             adv_on = adv_on.reshape(-1)[m]
             off_action = self._sample_action(off.obs)  # offline actions are replaced by policy samples
@@ -177,13 +187,15 @@ class HNPGLearner:
         obs = torch.cat([flat.obs, off.obs])
         action = torch.cat([flat.action, off_action.to(flat.action.dtype)])
         adv = torch.cat([adv_on, adv_off])
-        metrics.update(npg_policy_step(self.policy, obs, action, normalize(adv) if cfg.normalize_advantage else adv, cfg))
+        adv = normalize(adv) if cfg.normalize_advantage else adv
+        metrics.update(npg_policy_step(self.policy, obs, action, adv, cfg))
         metrics.update(explained_variance=float(explained_variance(q_before, g_on)),
                        advantage_on_mean=float(adv_on.mean()), advantage_off_mean=float(adv_off.mean()),
                        value_mean=float(values.reshape(-1)[m].mean()), offline_batch=float(len(off)))
         return metrics
 
-    def _fit_critic(self, flat: Transitions, g_on: torch.Tensor, off: Transitions, y_off: torch.Tensor) -> dict[str, float]:
+    def _fit_critic(self, flat: Transitions, g_on: torch.Tensor, off: Transitions, y_off: torch.Tensor
+                    ) -> dict[str, float]:
         for _ in range(self.config.critic_iters):
             on_loss, om = td_loss(self.q(flat.obs, flat.action), g_on)
             off_loss, fm = td_loss(self.q(off.obs, off.action), y_off)
@@ -194,7 +206,8 @@ class HNPGLearner:
                 "q_mean": om["q_mean"]}
 
     def state_dict(self) -> dict:
-        return {"policy": self.policy.state_dict(), "q": self.q.state_dict(), "q_optimizer": self.q_optimizer.state_dict(),
+        return {"policy": self.policy.state_dict(), "q": self.q.state_dict(),
+                "q_optimizer": self.q_optimizer.state_dict(),
                 "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import gymnasium as gym
 import torch
 
-from hybridrl.algos.actor_critic import build_actor_critic, rollout_advantages
-from hybridrl.data.batches import Segments, Transitions
+from hybridrl.algos.actor_critic import Minibatch, build_actor_critic, minibatch_epochs, rollout_advantages
+from hybridrl.data.batches import Segments
 from hybridrl.errors import ConfigError
 from hybridrl.losses import value_loss
 from hybridrl.losses.npg import mean_policy_kl, natural_gradient_step, npg_surrogate_loss
@@ -160,36 +160,32 @@ class NPGLearner:
     def set_progress(self, fraction: float) -> None:
         """No learning-rate schedule: the trust region sets the policy step size."""
 
-    def update(self, batch: Segments, offline: Transitions | None = None) -> dict[str, float]:
-        """One policy step and the value regression on one rollout.
+    def update(self, batch: Segments) -> dict[str, float]:
+        """One policy step and the value regression on one rollout ``batch`` (``Segments [B, T]``).
 
-        Raises:
-            ConfigError: if ``offline`` data is given (NPG/TRPO are purely on-policy; use ``hnpg``).
+        Returns the policy step's metrics (see :func:`~hybridrl.algos.npg.npg_policy_step`: ``policy_loss``,
+        ``kl``, ``step_size`` ...), ``value_loss`` (mean over the critic's minibatch steps), ``explained_variance``
+        and ``value_mean``.
         """
-        if offline is not None:
-            raise ConfigError("npg/trpo learn from on-policy data only; for offline data use `hnpg` (drop --dataset)")
         cfg = self.config
         adv, ret, old_v = rollout_advantages(self.critic, batch, cfg.gamma, cfg.gae_lambda)
         flat = batch.flatten()
-        metrics = npg_policy_step(self.policy, flat.obs, flat.action, normalize(adv) if cfg.normalize_advantage else adv,
-                                  cfg)
+        adv = normalize(adv) if cfg.normalize_advantage else adv
+        metrics = npg_policy_step(self.policy, flat.obs, flat.action, adv, cfg)
         metrics.update(self._fit_critic(flat.obs, ret))
         metrics.update(explained_variance=float(explained_variance(old_v, ret)), value_mean=float(old_v.mean()))
         return metrics
 
     def _fit_critic(self, obs: torch.Tensor, returns: torch.Tensor) -> dict[str, float]:
-        cfg, n = self.config, len(obs)
-        total, count = 0.0, 0
-        for _ in range(cfg.critic_epochs):
-            perm = torch.randperm(n, generator=self.generator)
-            for start in range(0, n, cfg.critic_minibatch_size):
-                idx = perm[start : start + cfg.critic_minibatch_size]
-                loss, vm = value_loss(self.critic(obs[idx]), returns[idx])
-                self.critic_optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.critic_optimizer.step()
-                total, count = total + vm["value_loss"], count + 1
-        return {"value_loss": total / count}
+        """``critic_epochs`` shuffled passes of unclipped value regression towards ``returns``."""
+        cfg = self.config
+
+        def loss_fn(mb: Minibatch) -> tuple[torch.Tensor, dict[str, float]]:
+            return value_loss(self.critic(mb["obs"]), mb["ret"])
+
+        means, _ = minibatch_epochs({"obs": obs, "ret": returns}, cfg.critic_epochs, cfg.critic_minibatch_size,
+                                    self.generator, loss_fn, self.critic_optimizer)
+        return {"value_loss": means["value_loss"]}
 
     def state_dict(self) -> dict:
         return {"policy": self.policy.state_dict(), "critic": self.critic.state_dict(),

@@ -9,8 +9,10 @@ pi_theta / pi_theta_before_update and there is no correction for the behaviour p
     rho = pi_phi(a|s) / pi_theta(a|s) over the buffered (s, a) that survive the next eviction,
 
 which lowers the probability of actions the buffer already holds too often, so the buffer as a whole looks
-more like on-policy data for pi_theta ("sampling error" falls). The learner never steps an env and never
-holds the buffer: ``hybridrl.loops.props.train_props`` does both.
+more like on-policy data for pi_theta ("sampling error" falls). The learner holds the buffer (a
+:class:`~hybridrl.data.rollout.SegmentBuffer` of ``b * n`` steps per env); the on-policy loop
+(:func:`hybridrl.loops.on_policy.train_on_policy`) acts with ``acting_policy``, passes blocks of ``m`` steps to
+``update`` and calls ``adapt_behavior`` after updating the observation statistics.
 
 Official code: NicholasCorrado/PPOROS @a0c8708, ``PROPS/ppo_props_continuous.py`` and ``ppo_props_discrete.py``.
 """
@@ -28,7 +30,8 @@ from torch.distributions import Categorical, Distribution, Independent, Normal
 from hybridrl.algos import gradient_step
 from hybridrl.algos.actor_critic import ActorCriticConfig
 from hybridrl.algos.ppo import PPOConfig, PPOLearner
-from hybridrl.data.batches import Segments, Transitions
+from hybridrl.data.batches import Segments
+from hybridrl.data.rollout import FIELDS, SegmentBuffer
 from hybridrl.errors import ConfigError
 from hybridrl.losses.props import KL_DIRECTIONS, policy_kl, props_behavior_loss
 from hybridrl.nn import Policy, make_policy
@@ -59,6 +62,9 @@ class PROPSConfig(ActorCriticConfig):
         props_target_kl: stop the behaviour update before a step whose minibatch approx-KL (k3, buffer samples)
             exceeds this (nats); None disables. props_max_grad_norm: gradient-norm clip of the behaviour update.
         props_adv: AW-PROPS, weight each sample by |A| / std(A) (advantages not mean-centred).
+    Experiments:
+        freeze_target: never update pi_theta nor its observation statistics (the sampling-error experiments with a
+            fixed target, PPOROS ``--update-epochs 0``); pi_phi is still adapted.
     """
 
     lr: float = 1e-4
@@ -79,6 +85,7 @@ class PROPSConfig(ActorCriticConfig):
     props_target_kl: float | None = 0.05
     props_max_grad_norm: float = 0.5
     props_adv: bool = False
+    freeze_target: bool = False
 
     def __post_init__(self) -> None:
         from hybridrl.algos import check_config
@@ -96,7 +103,7 @@ class PROPSConfig(ActorCriticConfig):
             raise ConfigError(f"PROPSConfig.props_kl_reduction={self.props_kl_reduction!r}; expected 'mean' or 'sum'")
 
     def ppo_config(self) -> PPOConfig:
-        """The :class:`PPOConfig` of the target update (shared fields copied; no offline BC term)."""
+        """The :class:`PPOConfig` of the target update (the shared fields copied)."""
         names = {f.name for f in dataclasses.fields(PPOConfig)}
         return PPOConfig(**{k: v for k, v in dataclasses.asdict(self).items() if k in names})
 
@@ -117,11 +124,17 @@ def _rows(dist: Distribution, idx: torch.Tensor) -> Distribution:
 
 
 class PROPSLearner:
-    """PROPS learner: ``update(buffer)`` trains pi_theta by PPO; ``update_behavior(buffer)`` adapts pi_phi.
+    """PROPS learner: ``update(block)`` buffers a block of ``m`` steps and trains pi_theta by PPO every ``n`` steps;
+    ``adapt_behavior()`` then adapts pi_phi on the buffer.
 
-    Attributes: ``policy`` (pi_theta), ``critic``, ``behavior_policy`` (pi_phi, what the loop acts with),
-    ``ppo`` (the :class:`PPOLearner` that owns policy, critic and their optimiser; composition, not inheritance).
+    Attributes: ``policy`` (pi_theta), ``critic``, ``behavior_policy`` (pi_phi; it shares pi_theta's observation
+    normaliser), ``ppo`` (the :class:`PPOLearner` that owns policy, critic and their optimiser; composition, not
+    inheritance), ``buffer`` (:class:`SegmentBuffer`, raw rewards).
+    Loop hooks (see :mod:`hybridrl.loops.on_policy`): ``acting_policy``, ``block_steps`` (= ``props_n_steps``),
+    ``raw_rewards`` (``update`` takes the reward scale), ``adapt_behavior()``, ``freeze_obs_stats``.
     """
+
+    raw_rewards = True
 
     def __init__(self, config: PROPSConfig, observation_space: gym.Space, action_space: gym.Space, seed: int = 0,
                  policy: Policy | None = None):
@@ -133,28 +146,63 @@ class PROPSLearner:
         self.ppo = PPOLearner(config.ppo_config(), observation_space, action_space, seed=seed, policy=policy)
         self.policy, self.critic = self.ppo.policy, self.ppo.critic
         self.behavior_policy = copy.deepcopy(self.policy)
+        self.behavior_policy.obs_norm = self.policy.obs_norm  # pi_phi always sees pi_theta's statistics
         self.behavior_optimizer = torch.optim.Adam(self.behavior_policy.parameters(), lr=config.props_lr, eps=1e-5)
         self.behavior_generator = torch.Generator().manual_seed(seed + 1)
+        self.buffer = SegmentBuffer(config.num_envs, config.buffer_steps, observation_space.shape,
+                                    action_space.shape, self.policy.discrete)
+        self.collected = 0  # steps per env added to the buffer so far
+        self.block_steps = config.props_n_steps
+        self.freeze_obs_stats = config.freeze_target
+        self._reward_transform: tuple[float, float | None] = (1.0, None)
+
+    @property
+    def acting_policy(self) -> Policy:
+        """The policy that collects: pi_phi, or pi_theta when ``config.props`` is False ("PPO-BUFFER")."""
+        return self.behavior_policy if self.config.props else self.policy
 
     def set_progress(self, fraction: float) -> None:
         """Anneal the target learning rate for training progress ``fraction`` in [0, 1] (PROPS lr is constant)."""
         self.ppo.set_progress(fraction)
 
-    def update(self, batch: Segments, offline: Transitions | None = None) -> dict[str, float]:
-        """One PPO update of pi_theta on the buffer ``batch [num_envs, T]`` (time-ordered, T <= b * n_steps).
+    def update(self, block: Segments, reward_scale: float = 1.0, reward_clip: float | None = None
+               ) -> dict[str, float]:
+        """Append ``block`` (``Segments [num_envs, m]``, raw rewards) to the buffer; every ``n_steps`` buffered steps
+        per env (unless ``freeze_target``) run :meth:`update_target` on the whole buffer, its rewards scaled by
+        ``reward_scale`` and clipped to ``+-reward_clip`` (the loop's current running statistics, as PPOROS
+        re-normalises its buffer). Returns :meth:`update_target`'s metrics, or ``{}`` when no update was due.
+        """
+        self.buffer.add(**{f: getattr(block, f).numpy() for f in FIELDS})
+        self.collected += block.horizon
+        self._reward_transform = (reward_scale, reward_clip)
+        if self.collected % self.config.n_steps or self.config.freeze_target:
+            return {}
+        return self.update_target(self.buffer.segments(reward_scale=reward_scale, reward_clip=reward_clip))
+
+    def update_target(self, batch: Segments) -> dict[str, float]:
+        """One PPO update of pi_theta on the buffer ``batch`` (``Segments [num_envs, T]``, time-ordered,
+        T <= b * n_steps).
 
         ``batch.behavior_log_prob`` is ignored: log pi_theta of every buffered pair is recomputed first and used as
         the ratio denominator (no importance correction for pi_phi, PPOROS lines 677-682). GAE runs over the whole
-        buffer with the current critic. Returns PPO's metrics (see ``docs/algorithms/ppo.md``).
-        Raises: ConfigError if ``offline`` data are passed (PROPS has no offline term).
+        buffer with the current critic. Returns PPO's metrics (:meth:`PPOLearner.update`, ``docs/algorithms/ppo.md``).
         """
-        if offline is not None:
-            raise ConfigError("PROPS does not use offline data; train it without --dataset")
-        b, t = batch.reward.shape
         with torch.no_grad():
-            act = batch.action.reshape(b * t, *batch.action.shape[2:])
-            logp = self.policy.log_prob(batch.obs.reshape(b * t, -1), act)
-        return self.ppo.update(dataclasses.replace(batch, behavior_log_prob=logp.reshape(b, t)))
+            logp = self.policy.log_prob(batch.obs, batch.action)  # [B, T]: the policy broadcasts over B, T
+        return self.ppo.update(dataclasses.replace(batch, behavior_log_prob=logp))
+
+    def adapt_behavior(self) -> dict[str, float]:
+        """Reset pi_phi to pi_theta and adapt it (:meth:`update_behavior`) on the buffered steps that survive the
+        next eviction: all while the buffer has room for ``m`` more steps, else all but the oldest ``m``
+        (PPOROS ppo_props_continuous.py:292-300). A no-op returning ``{}`` when ``config.props`` is False.
+        """
+        if not self.config.props:
+            return {}
+        keep = min(self.buffer.size, self.buffer.capacity - self.config.props_n_steps)
+        if keep > 0:
+            return self.update_behavior(self.buffer.segments(keep, *self._reward_transform))
+        self.reset_behavior()  # b = 1 and m = n: nothing survives the next eviction, so pi_phi = pi_theta
+        return {}
 
     @torch.no_grad()
     def reset_behavior(self) -> None:
@@ -163,10 +211,8 @@ class PROPSLearner:
 
     def _weights(self, batch: Segments) -> torch.Tensor:
         """AW-PROPS weights |A| for the valid steps of ``batch`` (GAE with the current critic; normalised later)."""
-        b, t = batch.reward.shape
         with torch.no_grad():
-            values = self.critic(batch.obs.reshape(b * t, -1)).reshape(b, t)
-            next_values = self.critic(batch.next_obs.reshape(b * t, -1)).reshape(b, t)
+            values, next_values = self.critic(batch.obs), self.critic(batch.next_obs)  # [B, T]
             adv, _ = gae(batch.reward, values, next_values, batch.terminated, batch.truncated,
                          self.config.gamma, self.config.gae_lambda)
         return adv.reshape(-1)[batch.mask.reshape(-1)].abs()
@@ -228,10 +274,13 @@ class PROPSLearner:
     def state_dict(self) -> dict:
         return {"ppo": self.ppo.state_dict(), "behavior_policy": self.behavior_policy.state_dict(),
                 "behavior_optimizer": self.behavior_optimizer.state_dict(),
-                "behavior_generator": self.behavior_generator.get_state()}
+                "behavior_generator": self.behavior_generator.get_state(), "buffer": self.buffer.state_dict(),
+                "collected": self.collected}
 
     def load_state_dict(self, state: dict) -> None:
         self.ppo.load_state_dict(state["ppo"])
         self.behavior_policy.load_state_dict(state["behavior_policy"])
         self.behavior_optimizer.load_state_dict(state["behavior_optimizer"])
         self.behavior_generator.set_state(state["behavior_generator"])
+        self.buffer.load_state_dict(state["buffer"])
+        self.collected = int(state["collected"])

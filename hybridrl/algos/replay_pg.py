@@ -17,17 +17,15 @@ age (``ess_fraction_age{i}``, age 0 = the newest rollout).
 
 from __future__ import annotations
 
-from collections import deque
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Literal
 
 import gymnasium as gym
-import numpy as np
 import torch
 
-from hybridrl.algos import gradient_step
-from hybridrl.algos.actor_critic import ActorCriticConfig, build_actor_critic
-from hybridrl.data.batches import Segments, Transitions
+from hybridrl.algos.actor_critic import ActorCriticConfig, Minibatch, build_actor_critic, minibatch_epochs
+from hybridrl.data.batches import Segments
+from hybridrl.data.rollout import RolloutQueue
 from hybridrl.errors import ConfigError
 from hybridrl.losses import ppo_clip_loss, value_loss
 from hybridrl.losses.replay_pg import CORRECTIONS, correction_weights, weighted_pg_loss, weighted_ppo_clip_loss
@@ -38,7 +36,7 @@ from hybridrl.ops import effective_sample_size, explained_variance, gae, kl_k3, 
 @dataclass(frozen=True)
 class ReplayPGConfig(ActorCriticConfig):
     """Replayed policy-gradient hyperparameters: the shared fields of :class:`ActorCriticConfig` (``n_epochs`` passes
-    over all stored rollouts; ``clip_value`` clips around the value at the update's start) plus
+    over all stored rollouts; ``value_clip`` clips around the value at the update's start) plus
 
     Attributes:
         n_rollouts: k, rollouts kept and trained on (>= 1; the newest included).
@@ -65,8 +63,6 @@ class ReplayPGConfig(ActorCriticConfig):
             raise ConfigError(f"ReplayPGConfig.correction={self.correction!r}; expected one of {list(CORRECTIONS)}")
 
 
-_SEGMENT_FIELDS = [f.name for f in fields(Segments)]
-
 
 class ReplayPGLearner:
     """Replayed PG learner: ``update(Segments) -> metrics``; ``set_progress(f)`` anneals the LR.
@@ -80,10 +76,10 @@ class ReplayPGLearner:
         torch.manual_seed(seed)
         self.config = config
         self.policy, self.critic = build_actor_critic(config, observation_space, action_space, policy)
-        self.optimizer = torch.optim.Adam([*self.policy.parameters(), *self.critic.parameters()], lr=config.lr, eps=1e-5,
-                                          fused=True)  # as PPO (k = 1 without correction is PPO exactly)
+        self.optimizer = torch.optim.Adam([*self.policy.parameters(), *self.critic.parameters()], lr=config.lr,
+                                          eps=1e-5, fused=True)  # as PPO (k = 1 without correction is PPO exactly)
         self.generator = torch.Generator().manual_seed(seed)
-        self.rollouts: deque[Segments] = deque(maxlen=config.n_rollouts)
+        self.rollouts = RolloutQueue(config.n_rollouts)
 
     def set_progress(self, fraction: float) -> None:
         """Set the learning rate for training progress ``fraction`` in [0, 1] (linear annealing)."""
@@ -95,11 +91,8 @@ class ReplayPGLearner:
     def _targets(self, batch: Segments) -> dict[str, torch.Tensor]:
         """Flat per-step tensors of one stored rollout: advantages, returns, V_old, prox and behaviour log-probs."""
         cfg = self.config
-        b, t = batch.reward.shape
-        values = self.critic(batch.obs.reshape(b * t, -1)).reshape(b, t)
-        next_values = self.critic(batch.next_obs.reshape(b * t, -1)).reshape(b, t)
-        prox_logp = self.policy.log_prob_entropy(batch.obs.reshape(b * t, -1),  # same formula as the minibatches
-                                                 batch.action.reshape(b * t, *batch.action.shape[2:]))[0].reshape(b, t)
+        values, next_values = self.critic(batch.obs), self.critic(batch.next_obs)  # [B, T]
+        prox_logp = self.policy.log_prob_entropy(batch.obs, batch.action)[0]  # same formula as the minibatches
         if cfg.correction == "vtrace":
             returns, advantages = vtrace(prox_logp - batch.behavior_log_prob, batch.reward, values, next_values,
                                          batch.terminated, batch.truncated, cfg.gamma, cfg.rho_max, cfg.c_max,
@@ -111,67 +104,54 @@ class ReplayPGLearner:
         return {"adv": advantages.reshape(-1)[m], "ret": returns.reshape(-1)[m], "old_v": values.reshape(-1)[m],
                 "prox_logp": prox_logp.reshape(-1)[m]}
 
-    def update(self, batch: Segments, offline: Transitions | None = None) -> dict[str, float]:
-        """Store ``batch`` (the newest rollout) and train on the last ``n_rollouts`` rollouts.
+    def update(self, batch: Segments) -> dict[str, float]:
+        """Store ``batch`` (the newest rollout, ``Segments [B, T]`` with ``behavior_log_prob``) and train on the last
+        ``n_rollouts`` rollouts: ``n_epochs`` shuffled minibatch passes over all their steps (:func:`minibatch_epochs`).
 
-        Raises ConfigError if ``offline`` data is passed (no offline term).
+        Returns the means over minibatch steps of ``policy_loss, approx_kl, value_loss, entropy, grad_norm`` (plus the
+        objective's own: ``clip_fraction, ratio_mean, ratio_max`` or the weight statistics), and
+        ``explained_variance, lr, epochs, value_mean, n_rollouts, ess, ess_fraction, log_weight_max,
+        ess_fraction_age{i}``, ``std_mean`` (Gaussian policies).
         """
-        if offline is not None:
-            raise ConfigError("replay_pg does not use offline data (no bc_coef); train without an offline dataset")
         cfg = self.config
-        # A private copy: loops may build batches as views of buffers they overwrite with the next rollout.
-        self.rollouts.append(Segments(**{f: getattr(batch, f).clone() for f in _SEGMENT_FIELDS}))
-        stored = list(reversed(self.rollouts))  # age 0 = newest
+        self.rollouts.add(batch)
+        stored = self.rollouts.newest_first()
         parts = [self._targets(s) for s in stored]
         flats = [s.flatten() for s in stored]
-        cat = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-        obs = torch.cat([f.obs for f in flats])
-        action = torch.cat([f.action for f in flats])
-        behavior_logp = torch.cat([f.behavior_log_prob for f in flats])
-        adv, ret, old_v, prox_logp = cat["adv"], cat["ret"], cat["old_v"], cat["prox_logp"]
+        data = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+        data.update(obs=torch.cat([f.obs for f in flats]), action=torch.cat([f.action for f in flats]),
+                    behavior_log_prob=torch.cat([f.behavior_log_prob for f in flats]))
+        log_rho = data["prox_logp"] - data["behavior_log_prob"]
         ppo_none = cfg.objective == "ppo" and cfg.correction == "none"
         if cfg.objective == "ppo" and not ppo_none:
-            weight = correction_weights(prox_logp - behavior_logp, cfg.correction, cfg.clip_ratio, cfg.rho_max)
-        n = len(obs)
-        sums: dict[str, float] = {}
-        count, stopped_epoch = 0, cfg.n_epochs
-        for epoch in range(cfg.n_epochs):
-            perm = torch.randperm(n, generator=self.generator)
-            epoch_kl = []
-            for start in range(0, n, cfg.minibatch_size):
-                idx = perm[start : start + cfg.minibatch_size]
-                mb_obs = obs[idx]
-                logp, entropy = self.policy.log_prob_entropy(mb_obs, action[idx])
-                mb_adv = normalize(adv[idx]) if cfg.normalize_advantage else adv[idx]
-                if ppo_none:  # PPO itself: the clip is centred on the behaviour policy
-                    pg_loss, metrics = ppo_clip_loss(logp, behavior_logp[idx], mb_adv, cfg.clip_ratio)
-                elif cfg.objective == "ppo":
-                    pg_loss, metrics = weighted_ppo_clip_loss(logp, prox_logp[idx], mb_adv, weight[idx], cfg.clip_ratio)
-                else:
-                    log_rho = logp.detach() - behavior_logp[idx]
-                    w = correction_weights(log_rho, cfg.correction, cfg.clip_ratio, cfg.rho_max)
-                    pg_loss, metrics = weighted_pg_loss(logp, mb_adv, w)
-                    metrics["approx_kl"] = float(kl_k3(log_rho).mean())  # KL(mu || pi_theta), as PPO's approx_kl
-                v_loss, vm = value_loss(self.critic(mb_obs), ret[idx], old_v[idx], cfg.clip_ratio if cfg.clip_value else None)
-                entropy = entropy.mean()
-                loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy
-                metrics.update(vm, entropy=float(entropy.detach()))
-                metrics["grad_norm"] = gradient_step(self.optimizer, loss, cfg.max_grad_norm)
-                for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                count += 1
-                epoch_kl.append(metrics["approx_kl"])
-            if cfg.target_kl is not None and float(np.mean(epoch_kl)) > cfg.target_kl:
-                stopped_epoch = epoch + 1
-                break
-        out = {k: v / count for k, v in sums.items()}
+            data["weight"] = correction_weights(log_rho, cfg.correction, cfg.clip_ratio, cfg.rho_max)
+
+        def loss_fn(mb: Minibatch) -> tuple[torch.Tensor, dict[str, float]]:
+            logp, entropy = self.policy.log_prob_entropy(mb["obs"], mb["action"])
+            mb_adv = normalize(mb["adv"]) if cfg.normalize_advantage else mb["adv"]
+            if ppo_none:  # PPO itself: the clip is centred on the behaviour policy
+                pg_loss, metrics = ppo_clip_loss(logp, mb["behavior_log_prob"], mb_adv, cfg.clip_ratio)
+            elif cfg.objective == "ppo":
+                pg_loss, metrics = weighted_ppo_clip_loss(logp, mb["prox_logp"], mb_adv, mb["weight"], cfg.clip_ratio)
+            else:
+                mb_log_rho = logp.detach() - mb["behavior_log_prob"]
+                w = correction_weights(mb_log_rho, cfg.correction, cfg.clip_ratio, cfg.rho_max)
+                pg_loss, metrics = weighted_pg_loss(logp, mb_adv, w)
+                metrics["approx_kl"] = float(kl_k3(mb_log_rho).mean())  # KL(mu || pi_theta), as PPO's approx_kl
+            v_loss, vm = value_loss(self.critic(mb["obs"]), mb["ret"], mb["old_v"], cfg.value_clip)
+            entropy = entropy.mean()
+            metrics.update(vm, entropy=float(entropy.detach()))
+            return pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy, metrics
+
+        out, epochs = minibatch_epochs(data, cfg.n_epochs, cfg.minibatch_size, self.generator, loss_fn,
+                                       self.optimizer, cfg.max_grad_norm, cfg.target_kl)
         out.update(
-            explained_variance=float(explained_variance(old_v, ret)),
+            explained_variance=float(explained_variance(data["old_v"], data["ret"])),
             lr=self.optimizer.param_groups[0]["lr"],
-            epochs=float(stopped_epoch),
-            value_mean=float(old_v.mean()),
+            epochs=float(epochs),
+            value_mean=float(data["old_v"].mean()),
             n_rollouts=float(len(stored)),
-            **self._ess_metrics(prox_logp - behavior_logp, [len(p["adv"]) for p in parts]),
+            **self._ess_metrics(log_rho, [len(p["adv"]) for p in parts]),
         )
         if not self.policy.discrete:
             out["std_mean"] = float(self.policy.log_std.detach().exp().mean())
@@ -193,14 +173,13 @@ class ReplayPGLearner:
         return out
 
     def state_dict(self) -> dict:
-        rollouts = [{f: getattr(s, f) for f in _SEGMENT_FIELDS} for s in self.rollouts]
         return {"policy": self.policy.state_dict(), "critic": self.critic.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
-                "rollouts": rollouts}
+                "rollouts": self.rollouts.state_dict()["rollouts"]}
 
     def load_state_dict(self, state: dict) -> None:
         self.policy.load_state_dict(state["policy"])
         self.critic.load_state_dict(state["critic"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
-        self.rollouts = deque((Segments(**r) for r in state["rollouts"]), maxlen=self.config.n_rollouts)
+        self.rollouts.load_state_dict(state)

@@ -1,11 +1,21 @@
-"""Pieces every loop shares: run set-up, checkpoint/resume, divergence checks, progress bars, final outputs."""
+"""Pieces every loop shares: run start/resume, checkpoint and evaluation triggers, metric means, stop signals,
+divergence checks, the rollout collector, progress bars.
+
+Checkpoints: every ``checkpoint_every`` steps when given, else every :data:`DEFAULT_CHECKPOINT_SECONDS` (10 min) of
+wall time; always at the end of training and on SIGINT/SIGTERM (then :class:`~hybridrl.errors.Interrupted` is
+raised), so a run killed with default settings can continue with ``resume``.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
+import signal
+import threading
+import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +23,7 @@ import numpy as np
 import torch
 
 from hybridrl.envs import true_next_obs
-from hybridrl.errors import DivergenceError
+from hybridrl.errors import DivergenceError, Interrupted
 from hybridrl.runs import (
     MetricsLogger,
     RunDir,
@@ -23,6 +33,7 @@ from hybridrl.runs import (
     save_checkpoint,
     save_config,
 )
+from hybridrl.runs.metrics import nonfinite_keys
 from hybridrl.runs.progress import console, progress_bar  # noqa: F401  (re-exported for the loops)
 
 
@@ -33,6 +44,28 @@ def open_run(run: RunDir | None, record: dict, resume: bool) -> tuple[RunDir | N
     if not resume or not run.config_path.exists():
         save_config(run.config_path, record)
     return run, MetricsLogger(run)
+
+
+def start_run(run: RunDir | None, learner: Any, record: dict, resume: bool
+              ) -> tuple[MetricsLogger | None, int, dict]:
+    """Open ``run`` for ``learner``: write its config (fresh run) or restore the latest checkpoint (``resume``).
+
+    Returns ``(logger, step, loop_state)``: the metrics logger (None without a run; rows logged after the
+    checkpoint are dropped on resume), the step to continue from (0 on a fresh run) and the loop's saved state.
+    """
+    run, logger = open_run(run, record, resume)
+    step, loop_state = restore(run, learner) if (resume and run is not None) else (0, {})
+    if logger is not None and resume:
+        logger.truncate(step)
+    return logger, step, loop_state
+
+
+def end_run(logger: MetricsLogger | None, run: RunDir | None, algo: str, step: int, unit: str = "steps") -> None:
+    """Close the logger and say where the run is."""
+    if logger is not None:
+        logger.close()
+    if run is not None:
+        console.print(f"[green]{algo}[/] finished {step} {unit} in {run.path}")
 
 
 def run_record(**kwargs: Any) -> dict:
@@ -50,6 +83,11 @@ def run_record(**kwargs: Any) -> dict:
 def saved_record(run: RunDir) -> dict:
     """The record a run was started with (for ``--resume``)."""
     return load_config(run.config_path)
+
+
+def learner_modules(learner: Any) -> list[torch.nn.Module]:
+    """The ``torch.nn.Module`` attributes of a learner (its networks), for divergence checks."""
+    return [m for m in vars(learner).values() if isinstance(m, torch.nn.Module)]
 
 
 def checkpoint(run: RunDir | None, step: int, learner: Any, extra: dict | None = None) -> Path | None:
@@ -72,9 +110,10 @@ def restore(run: RunDir, learner: Any) -> tuple[int, dict]:
     return step, state.get("loop", {})
 
 
-def check_finite(metrics: dict[str, float], modules: list[torch.nn.Module], step: int, run: RunDir | None) -> None:
+def raise_if_nonfinite(metrics: dict[str, float], modules: list[torch.nn.Module], step: int,
+                       run: RunDir | None) -> None:
     """Raise :class:`DivergenceError` if a metric or parameter is NaN/inf, naming the last good checkpoint."""
-    bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+    bad = nonfinite_keys(metrics)
     if not bad:
         for m in modules:
             for name, p in m.named_parameters():
@@ -87,6 +126,98 @@ def check_finite(metrics: dict[str, float], modules: list[torch.nn.Module], step
         raise DivergenceError(
             f"training diverged at step {step}: non-finite {', '.join(bad[:5])}; stopped without saving; {where}"
         )
+
+
+class MetricMeans:
+    """Running sums of metric dicts; :meth:`pop` returns the means since the last pop and starts again."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.count = 0
+
+    def add(self, metrics: dict[str, float]) -> None:
+        for k, v in metrics.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.count += 1
+
+    def means(self) -> dict[str, float]:
+        """Means of the metrics added since the last :meth:`pop` (empty when none)."""
+        return {k: v / self.count for k, v in self.sums.items()} if self.count else {}
+
+    def pop(self) -> dict[str, float]:
+        out = self.means()
+        self.sums, self.count = {}, 0
+        return out
+
+
+class Every:
+    """A step trigger: true at the first step at or past each multiple of ``interval`` (never when None)."""
+
+    def __init__(self, interval: int | None, step: int = 0):
+        self.interval = interval
+        self.next = (step // interval + 1) * interval if interval else math.inf
+
+    def __call__(self, step: int) -> bool:
+        if step < self.next:
+            return False
+        self.next = (step // self.interval + 1) * self.interval
+        return True
+
+
+DEFAULT_CHECKPOINT_SECONDS = 600.0
+"""Wall-time checkpoint interval when a loop is given no ``checkpoint_every`` (plus one at the end)."""
+
+
+class CheckpointTrigger:
+    """When to checkpoint: every ``every`` steps, or (``every`` None) every :data:`DEFAULT_CHECKPOINT_SECONDS` of
+    wall time; always at ``total`` (the end of training)."""
+
+    def __init__(self, every: int | None, step: int, total: int):
+        self.steps, self.total = Every(every, step), total
+        self.seconds = None if every else DEFAULT_CHECKPOINT_SECONDS
+        self.last = time.monotonic()
+
+    def __call__(self, step: int) -> bool:
+        due = self.steps(step) or step >= self.total
+        if self.seconds is not None and time.monotonic() - self.last >= self.seconds:
+            due = True
+        if due:
+            self.last = time.monotonic()
+        return due
+
+
+class StopSignals:
+    """Defer SIGINT and SIGTERM inside a training loop, so that it stops at a consistent point.
+
+    The first signal only records ``signal_number``; the loop checks it after each completed update, writes a
+    checkpoint and raises :class:`~hybridrl.errors.Interrupted` (see :func:`interrupted`). A second signal raises
+    ``KeyboardInterrupt`` at once. Handlers are installed only in the main thread and restored on exit.
+    """
+
+    def __enter__(self) -> StopSignals:
+        self.signal_number: int | None = None
+        self._old: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal_number is not None:
+            raise KeyboardInterrupt
+        self.signal_number = signum
+        console.print("[yellow]stopping after the current update[/] (a checkpoint follows; signal again to abort)")
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def interrupted(stop: StopSignals, run: RunDir | None, step: int, save: Callable[[], Path | None]) -> Interrupted:
+    """The :class:`Interrupted` to raise after a stop signal, with the checkpoint ``save()`` wrote at ``step``."""
+    path = save() if run is not None else None
+    console.print(f"[yellow]interrupted at step {step}[/]" + (f"; checkpoint {path}" if path else ""))
+    return Interrupted(step, path, stop.signal_number or signal.SIGINT)
 
 
 def json_ready(obj: Any) -> Any:

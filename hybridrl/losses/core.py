@@ -20,7 +20,7 @@ from hybridrl.ops import check_same_shape, clipped_ratio, importance_ratio, kl_k
 
 __all__ = [
     "ppo_clip_loss", "value_loss", "entropy_bonus", "expectile_loss", "awr_policy_loss", "bc_loss",
-    "bc_mse_loss", "td_loss",
+    "bc_mse_loss", "td_loss", "kl_to_reference_loss",
 ]
 
 
@@ -169,6 +169,26 @@ def bc_loss(logp: Tensor) -> tuple[Tensor, dict[str, float]]:
     _check("bc_loss", logp=logp)
     loss = -logp.mean()
     return loss, {"bc_loss": float(loss.detach())}
+
+
+def kl_to_reference_loss(dist: torch.distributions.Distribution, reference: torch.distributions.Distribution
+                         ) -> tuple[Tensor, dict[str, float]]:
+    """KL penalty towards a fixed reference policy: mean_s KL(pi(.|s) || pi_ref(.|s)) (nats).
+
+    Args:
+        dist: the current policy's distribution over a batch of states, batch shape ``[B]`` (carries the gradient).
+        reference: the reference policy's distribution at the same states (treated as constant; build it under
+            ``torch.no_grad``). Both must have a closed-form KL in ``torch.distributions`` (categorical, diagonal
+            Gaussian), otherwise ``NotImplementedError`` is raised.
+    Returns: ``(loss, {"kl_ref"})``. Raises ShapeError if the batch shapes differ.
+    Source: Jaques et al. (2019) "Way Off-Policy Batch Deep RL", sec. 3 (KL control to a prior policy); the
+    KL-to-reference term of Ziegler et al. (2019) "Fine-Tuning Language Models from Human Preferences", eq. 2.
+    """
+    if dist.batch_shape != reference.batch_shape:
+        raise ShapeError(f"kl_to_reference_loss: batch shapes differ: {tuple(dist.batch_shape)} vs "
+                         f"{tuple(reference.batch_shape)}")
+    loss = torch.distributions.kl_divergence(dist, reference).mean()
+    return loss, {"kl_ref": float(loss.detach())}
 
 
 def bc_mse_loss(pred_action: Tensor, action: Tensor) -> tuple[Tensor, dict[str, float]]:

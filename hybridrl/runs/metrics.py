@@ -12,8 +12,9 @@ import io
 import math
 import numbers
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +30,7 @@ def _to_float(key: str, value: Any) -> float:
         raise TypeError(f"metric '{key}' must be a real scalar, got {type(value).__name__}: {value!r}") from e
 
 
-def check_finite(metrics: Mapping[str, Any]) -> list[str]:
+def nonfinite_keys(metrics: Mapping[str, Any]) -> list[str]:
     """Names of the metrics whose value is NaN or +-inf (scalars, NumPy or one-element torch values)."""
     return [k for k, v in metrics.items() if not math.isfinite(_to_float(k, v))]
 
