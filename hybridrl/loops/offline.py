@@ -77,13 +77,8 @@ def train_offline(
     if norm.enabled:
         mean, var = dataset.obs_stats()
         norm.set_stats(mean, var, len(dataset))
-    if hasattr(learner, "prepare"):
-        if not resume:  # on resume the checkpoint restores what prepare() fitted
-            learner.prepare(dataset)
-    elif getattr(config, "normalize_reward", False):  # TODO(merge): remove once IQLLearner.prepare exists
-        returns = dataset.episode_returns()
-        spread = float(returns.max() - returns.min())
-        learner.reward_scale = 1000.0 / spread if spread > 0 else 1.0
+    if hasattr(learner, "prepare") and not resume:  # on resume the checkpoint restores what prepare() fitted
+        learner.prepare(dataset)
     env_id = env_id or dataset.env_id
     eval_env = eval_env or env_id
     record = record or run_record(algo=algo, dataset=str(dataset.path), env_id=env_id, steps=steps, seed=seed,
