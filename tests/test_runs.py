@@ -34,7 +34,7 @@ from hybridrl.runs import (
 # --- run directory --------------------------------------------------------------------------------------
 
 def _snapshot(path):
-    return {p.relative_to(path): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+    return {p.relative_to(path): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file() and p.name != ".lock"}
 
 
 def test_rundir_paths_and_create_new(tmp_path):
@@ -55,6 +55,7 @@ def test_existing_run_is_not_overwritten(tmp_path):
     run.write_json("eval.json", {"mean": 1.0})
     save_checkpoint(run, 5, {"x": torch.ones(2)})
     before = _snapshot(run.path)
+    run.release()
     with pytest.raises(RunExistsError, match="--overwrite.*--resume"):
         RunDir.create(run.path)
     assert _snapshot(run.path) == before
@@ -67,6 +68,7 @@ def test_existing_run_is_not_overwritten(tmp_path):
 def test_resume_without_checkpoint_raises(tmp_path):
     run = RunDir.create(tmp_path / "r")
     run.write_text("config.yaml", "a: 1\n")
+    run.release()
     with pytest.raises(ConfigError, match="nothing to resume"):
         RunDir.create(run.path, resume=True)
     with pytest.raises(ConfigError, match="nothing to resume"):
@@ -77,14 +79,16 @@ def test_overwrite_moves_old_run_aside_until_commit(tmp_path):
     old = RunDir.create(tmp_path / "r")
     old.write_json("eval.json", {"mean": 1.0})
     before = _snapshot(old.path)
+    old.release()
     new = RunDir.create(old.path, overwrite=True)
-    assert new.path.is_dir() and not any(new.path.iterdir())
+    assert new.path.is_dir() and [p.name for p in new.path.iterdir()] == [".lock"]
     assert new.replaced_path.name.startswith(".r.old-") and _snapshot(new.replaced_path) == before
     new.write_json("eval.json", {"mean": 2.0})
     new.commit()
     assert not new.replaced_path and [p.name for p in tmp_path.iterdir()] == ["r"]
     assert '"mean": 2.0' in new.eval_json.read_text()
     # a failed overwrite run can be rolled back to the old results
+    new.release()
     again = RunDir.create(new.path, overwrite=True)
     again.write_text("partial.txt", "x")
     again.rollback()

@@ -138,3 +138,9 @@ class IQLLearner:
         self.critic_opt.load_state_dict(state["critic_opt"])
         self.value_opt.load_state_dict(state["value_opt"])
         self.reward_scale = float(state["reward_scale"])
+
+
+from hybridrl.algos import register  # noqa: E402  (registration is the last statement of the file)
+
+register("iql", IQLConfig, IQLLearner, loop="offline", inputs="dataset",
+         summary="implicit Q-learning (Kostrikov et al. 2022)", tiny=dict(hidden=(32, 32)))
