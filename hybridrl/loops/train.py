@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hybridrl.algos import AlgoSpec, get_algo
+from hybridrl.algos import INPUTS, AlgoSpec, get_algo
 from hybridrl.data.dataset import Dataset
 from hybridrl.errors import ConfigError, EnvError, RunExistsError
 from hybridrl.loops.common import console, json_ready, run_record, saved_record
@@ -88,8 +89,15 @@ def finish_run(run: RunDir, policy: Any, env_id: str | None, eval_episodes: int 
     return ev
 
 
+def _dataset_ref(ds: Any) -> str | None:
+    """What ``config.yaml`` records as the dataset: a path or id, or None (in-memory data)."""
+    if isinstance(ds, Dataset):
+        return None if ds.path is None else str(ds.path)
+    return str(ds) if isinstance(ds, (str, Path)) else None
+
+
 def _load_dataset(dataset: str | Path | Dataset | None) -> Dataset | None:
-    return None if dataset is None or isinstance(dataset, Dataset) else Dataset.load(dataset)
+    return dataset if dataset is None or isinstance(dataset, Dataset) else Dataset.load(dataset)
 
 
 def _check_env(spec: AlgoSpec, env_id: str | None, ds: Dataset | None) -> str | None:
@@ -98,15 +106,15 @@ def _check_env(spec: AlgoSpec, env_id: str | None, ds: Dataset | None) -> str | 
         raise ConfigError(f"{spec.name} learns online: pass --env ENV_ID")
     if "dataset" in spec.inputs.split("+") and ds is None:
         raise ConfigError(f"{spec.name} learns from logged data: pass --dataset DATASET")
-    if ds is not None and env_id is not None and ds.env_id is not None and env_id != ds.env_id:
+    if isinstance(ds, Dataset) and env_id is not None and ds.env_id is not None and env_id != ds.env_id:
         raise EnvError(f"--env {env_id} differs from the env of dataset {ds.path or 'in memory'} ({ds.env_id}); "
                        "drop --env or pass a dataset collected in it")
-    env_id = env_id or (ds.env_id if ds is not None else None)
+    env_id = env_id or (ds.env_id if isinstance(ds, Dataset) else None)
     if env_id is not None and spec.inputs in ("env", "dataset", "env+dataset"):
         from hybridrl.envs import check_env_matches, make_env
 
         env = make_env(env_id)  # EnvError for an unknown id, before anything is written
-        if ds is not None:
+        if isinstance(ds, Dataset):
             check_env_matches(env, ds.observation_space, ds.action_space, f"dataset {ds.path or 'in memory'}")
         env.close()
     return env_id
@@ -128,8 +136,9 @@ def _check_resume(run: RunDir, spec: AlgoSpec, env_id, dataset, seed, config_fil
                    if v != dataclass_to_dict(saved).get(k) and (config_file is not None or _named(k, overrides))]
     given = {"--env": (env_id, record.get("env_id")), "--seed": (seed, record.get("seed"))}
     if dataset is not None:
-        path = str(dataset.path) if isinstance(dataset, Dataset) else str(Path(dataset))
-        given["--dataset"] = (path, record.get("dataset"))
+        path = dataset.path if isinstance(dataset, Dataset) else dataset
+        old = record.get("dataset")
+        given["--dataset"] = (path and os.path.realpath(path), old and os.path.realpath(old))
     changed += [f"{opt} {new} (saved: {old})" for opt, (new, old) in given.items()
                 if new is not None and old is not None and str(new) != str(old)]
     if changed:
@@ -193,21 +202,22 @@ def train(
             raise ConfigError("--overwrite and --resume are mutually exclusive: pass one of them")
         record = _check_resume(RunDir(out), spec, env_id, dataset, seed, config_file, overrides)
         config = dataclass_from_dict(spec.config_cls, record["config"])
-        env_id, dataset, seed = record.get("env_id"), record.get("dataset"), int(record.get("seed", 0))
+        env_id, dataset = record.get("env_id") or env_id, record.get("dataset") or dataset
+        seed = int(record.get("seed", 0))
     else:
         config = build_config(algo, config_file, overrides)
         seed = 0 if seed is None else seed
-    ds = _load_dataset(dataset)
+    ds = _load_dataset(dataset) if spec.inputs in INPUTS else dataset  # a custom kind gets the argument as given
     env_id = _check_env(spec, env_id, ds)
-    record = run_record(algo=spec.name, env_id=env_id, dataset=None if ds is None else str(ds.path), steps=steps,
-                        seed=seed, config=config)
+    record = run_record(algo=spec.name, env_id=env_id, dataset=_dataset_ref(ds), steps=steps, seed=seed,
+                        config=config)
     run = RunDir.create(out, overwrite=overwrite, resume=resume)
     try:
         learner = _call_loop(loop, spec, dict(config=config, steps=steps, env_id=env_id, dataset=ds, algo=spec.name,
                                               run=run, seed=seed, resume=resume, checkpoint_every=checkpoint_every,
                                               progress=progress, record=record))
         ev = finish_run(run, getattr(learner, "policy", None), env_id, eval_episodes, seed,
-                        title=f"{spec.name} on {env_id or (ds.path if ds is not None else '')}")
+                        title=f"{spec.name} on {env_id or _dataset_ref(ds) or 'data'}")
     except BaseException:
         run.abandon()
         raise
