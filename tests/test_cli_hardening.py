@@ -111,7 +111,7 @@ def test_overwrite_interrupted_before_first_checkpoint_restores_the_old_run(work
     shutil.copytree(work / "bc", run)
     before = snapshot(run)
     proc = start(*PPO_LONG, "--out", run, "--overwrite", "--checkpoint-every", "10000000")
-    wait_for(lambda: metrics_rows(run) > 0, proc)
+    wait_for(lambda: list(tmp_path.glob(".old.old-*")) and metrics_rows(run) > 0, proc)  # the new run is training
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
