@@ -95,6 +95,34 @@ def test_interrupt_exits_nonzero_says_so_and_resume_continues(sig, code, tmp_pat
     assert (out / "policy" / "model.safetensors").exists()
 
 
+STOP_LOOP = """
+import os
+from dataclasses import dataclass
+from hybridrl.algos import register
+from hybridrl.errors import Interrupted
+
+@dataclass(frozen=True)
+class StopConfig:
+    pass
+
+def stop_loop(**kwargs):  # what a loop does after checkpointing on SIGINT/SIGTERM
+    raise Interrupted(7, checkpoint="ckpt/step_7", signal_number=int(os.environ["STOP_SIGNAL"]))
+
+register("stop", StopConfig, build=lambda config, seed=0: None, loop="__main__:stop_loop", inputs="none")
+import hybridrl.cli
+hybridrl.cli.main()
+"""
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupted_from_a_loop_names_the_step_and_checkpoint(sig, code, tmp_path):
+    proc = subprocess.run([sys.executable, "-c", STOP_LOOP, "train", "stop", "--steps", "10", "--out", tmp_path / "r"],
+                          capture_output=True, text=True, env={**ENV, "STOP_SIGNAL": str(int(sig))}, timeout=120)
+    assert proc.returncode == code, proc.stderr
+    assert f"interrupted at step 7 by {signal.Signals(sig).name}; checkpoint ckpt/step_7" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "r").exists()
+
+
 # --- 2. --overwrite ------------------------------------------------------------------------------------------
 
 def test_overwrite_with_a_bad_config_leaves_the_old_run_in_place(work, tmp_path):
