@@ -95,6 +95,17 @@ def test_interrupt_exits_nonzero_says_so_and_resume_continues(sig, code, tmp_pat
     assert (out / "policy" / "model.safetensors").exists()
 
 
+def test_interrupted_collect_exits_130_and_writes_no_dataset(tmp_path):
+    out = tmp_path / "d-v0"
+    proc = start("collect", "--env", "Pendulum-v1", "--steps", "10000000", "--out", out)
+    time.sleep(8.0)  # imports, then collecting
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+    assert not out.exists()
+
+
 STOP_LOOP = """
 import os
 from dataclasses import dataclass
