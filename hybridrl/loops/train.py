@@ -100,8 +100,9 @@ def _load_dataset(dataset: str | Path | Dataset | None) -> Dataset | None:
     return dataset if dataset is None or isinstance(dataset, Dataset) else Dataset.load(dataset)
 
 
-def _check_env(spec: AlgoSpec, env_id: str | None, ds: Dataset | None) -> str | None:
-    """The env to train/evaluate in; checks it exists and matches the dataset. Raises ConfigError/EnvError."""
+def _check_env(spec: AlgoSpec, env_id: str | None, ds: Dataset | None, evaluate: bool = True) -> str | None:
+    """The env to train/evaluate in; checks it exists and matches the dataset (unless it is only the dataset's env
+    and nothing will be evaluated). Raises ConfigError/EnvError/ShapeError."""
     if "env" in spec.inputs.split("+") and env_id is None:
         raise ConfigError(f"{spec.name} learns online: pass --env ENV_ID")
     if "dataset" in spec.inputs.split("+") and ds is None:
@@ -109,8 +110,9 @@ def _check_env(spec: AlgoSpec, env_id: str | None, ds: Dataset | None) -> str | 
     if isinstance(ds, Dataset) and env_id is not None and ds.env_id is not None and env_id != ds.env_id:
         raise EnvError(f"--env {env_id} differs from the env of dataset {ds.path or 'in memory'} ({ds.env_id}); "
                        "drop --env or pass a dataset collected in it")
+    given = env_id is not None
     env_id = env_id or (ds.env_id if isinstance(ds, Dataset) else None)
-    if env_id is not None and spec.inputs in ("env", "dataset", "env+dataset"):
+    if env_id is not None and spec.inputs in ("env", "dataset", "env+dataset") and (given or evaluate):
         from hybridrl.envs import check_env_matches, make_env
 
         env = make_env(env_id)  # EnvError for an unknown id, before anything is written
@@ -208,7 +210,7 @@ def train(
         config = build_config(algo, config_file, overrides)
         seed = 0 if seed is None else seed
     ds = _load_dataset(dataset) if spec.inputs in INPUTS else dataset  # a custom kind gets the argument as given
-    env_id = _check_env(spec, env_id, ds)
+    env_id = _check_env(spec, env_id, ds, evaluate=eval_episodes > 0)
     record = run_record(algo=spec.name, env_id=env_id, dataset=_dataset_ref(ds), steps=steps, seed=seed,
                         config=config)
     run = RunDir.create(out, overwrite=overwrite, resume=resume)
