@@ -217,15 +217,16 @@ candidates:
     ("p-v0", "bc", "many", "candidates[0].steps"),
     ("p-v0", "../evil", "10", "candidates[0].name"),
     ("p-v0", "a/b", "10", "candidates[0].name"),
-    ("/tmp/abs-v0", "bc", "10", "collect.name"),
+    ("ABSOLUTE", "bc", "10", "collect.name"),
     ("..", "bc", "10", "collect.name"),
     ("[1, 2]", "bc", "10", "collect.name"),
 ])
 def test_malformed_or_escaping_pipeline_config_is_refused(dataset, name, steps, fragment, tmp_path):
+    outside = tmp_path / "outside-v0"  # an absolute path next to --out
     cfg = tmp_path / "p.yaml"
-    cfg.write_text(PIPELINE % (dataset, name, steps))
+    cfg.write_text(PIPELINE % (str(outside) if dataset == "ABSOLUTE" else dataset, name, steps))
     expect_error(cli("pipeline", cfg, "--out", tmp_path / "out", check=False), fragment)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.yaml"] and not Path("/tmp/abs-v0").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.yaml"]
 
 
 def test_pipeline_structure_errors(tmp_path):
