@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from hybridrl.errors import ConfigError, HybridRLError
+from hybridrl.errors import ConfigError, HybridRLError, Interrupted
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Policy-gradient RL from on-policy, off-policy and offline data.")
@@ -31,9 +31,54 @@ def _emit_json(obj) -> None:
     sys.stdout.write(json.dumps(json_ready(obj), indent=2) + "\n")
 
 
+def _stdout():
+    """Console for results people read (stdout, so `> file` captures them); messages use the stderr console."""
+    from rich.console import Console
+
+    return Console(soft_wrap=True)
+
+
+def _check_out_dir(out: Path, overwrite: bool, what: str) -> None:
+    """Fail before any work if ``out`` cannot become a directory: a file, an existing non-empty directory without
+    ``--overwrite``, or a parent that cannot be written. Raises ConfigError."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is an existing file; pass a directory for the {what}")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(f"{what} {out} already exists; pass --overwrite to replace it")
+    _check_writable(out)
+
+
+def _check_out_file(path: Path, overwrite: bool, option: str) -> None:
+    if path.is_dir():
+        raise ConfigError(f"{option} {path} is a directory; pass a file name such as returns.png")
+    if path.exists() and not overwrite:
+        raise ConfigError(f"{option} {path} already exists; pass --overwrite to replace it")
+    _check_writable(path)
+
+
+def _check_writable(path: Path) -> None:
+    import os
+
+    parent = next((p for p in path.absolute().parents if p.exists()), None)
+    if parent is not None and (not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK)):
+        raise ConfigError(f"cannot write {path}: {parent} is " + ("not a directory" if not parent.is_dir()
+                                                                   else "not writable"))
+
+
+def _train_help() -> str:
+    from hybridrl.algos import registry
+
+    needs = {"env": "--env", "dataset": "--dataset", "env+dataset": "--env and --dataset"}
+    lines = [f"{name}: {spec.summary} [{needs.get(spec.inputs, spec.inputs)}]"
+             for name, spec in sorted(registry().items()) if spec.loop != "ope"]
+    return ("Train an algorithm into a run directory (config, metrics, checkpoints, policy, eval, report).\n\n"
+            "Algorithms (registered in hybridrl.algos):\n\n" + "\n\n".join(lines))
+
+
 @app.callback()
 def _main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
-          threads: int = typer.Option(1, "--threads", min=1, help="torch CPU threads (1 is fastest for small MLPs).")) -> None:
+          threads: int = typer.Option(1, "--threads", min=1,
+                                      help="torch CPU threads (1 is fastest for small MLPs).")) -> None:
     import torch
 
     _state["debug"] = debug
@@ -44,10 +89,12 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Show full traceback
 def collect_cmd(
     env: str = typer.Option(..., "--env", help="Gymnasium env id, e.g. Hopper-v5."),
     policy: str = typer.Option("random", "--policy", help="'random' or a policy directory."),
-    steps: int = typer.Option(..., "--steps", min=1, help="Environment steps (whole episodes; the last one is finished)."),
+    steps: int = typer.Option(..., "--steps", min=1,
+                              help="Environment steps (whole episodes; the last one is finished)."),
     out: Path = typer.Option(..., "--out", help="Dataset directory to write (Minari format; name it like name-v0)."),
     seed: int = typer.Option(0, "--seed"),
-    action_noise: float | None = typer.Option(None, "--action-noise", min=0.0, help="Gaussian noise std around the policy mean."),
+    action_noise: float | None = typer.Option(None, "--action-noise", min=0.0,
+                                              help="Gaussian noise std around the policy mean."),
     epsilon: float = typer.Option(0.0, "--epsilon", min=0.0, max=1.0, help="Probability of a uniformly random action."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing dataset."),
     json_out: bool = typer.Option(False, "--json", help="Print the dataset summary as JSON on stdout."),
@@ -57,16 +104,15 @@ def collect_cmd(
     from hybridrl.data.measures import dataset_summary
     from hybridrl.nn import load_policy
 
+    _check_out_dir(out, overwrite, "dataset")
     pol = None if policy == "random" else load_policy(policy, env)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(f"dataset {out} already exists; pass --overwrite to replace it")
     ds = collect(env, pol, steps, seed=seed, action_noise=action_noise, epsilon=epsilon, progress=not json_out)
     ds.save(out, overwrite=overwrite)
     summary = dataset_summary(ds)
     if json_out:
         _emit_json(summary)
     else:
-        _console().print(f"wrote {summary['episodes']} episodes / {summary['steps']} steps to {out}; "
+        _stdout().print(f"wrote {summary['episodes']} episodes / {summary['steps']} steps to {out}; "
                          f"return {summary['return_mean']:.1f} ± {summary['return_std']:.1f}")
 
 
@@ -74,17 +120,21 @@ def collect_cmd(
 def inspect_cmd(
     dataset: str = typer.Argument(..., help="Dataset directory or Minari dataset id."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
-    plot: Path | None = typer.Option(None, "--plot", help="Return histogram PNG (default: <dataset>/returns.png for paths)."),
+    plot: Path | None = typer.Option(None, "--plot", help="Write a return histogram PNG to this path."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --plot file."),
 ) -> None:
-    """Summarise a dataset: episodes, steps, returns, normalised score, coverage; writes a return histogram."""
+    """Summarise a dataset (episodes, steps, returns, normalised score, coverage) on stdout; --plot writes a return
+    histogram. Nothing is written into the dataset."""
     from hybridrl.data.dataset import Dataset
     from hybridrl.data.measures import dataset_summary, plot_return_histogram
 
+    if plot is not None:
+        _check_out_file(plot, overwrite, "--plot")
     ds = Dataset.load(dataset)
     summary = dataset_summary(ds)
-    png = plot or (Path(ds.path) / "returns.png" if ds.path is not None else Path("returns.png"))
-    plot_return_histogram(ds, png)
-    summary["histogram"] = str(png)
+    if plot is not None:
+        plot_return_histogram(ds, plot)
+        summary["histogram"] = str(plot)
     if json_out:
         _emit_json(summary)
         return
@@ -95,18 +145,17 @@ def inspect_cmd(
     table.add_column("value", justify="right")
     for k, v in summary.items():
         table.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
-    _console().print(table)
+    _stdout().print(table)
 
 
-@app.command("train")
+@app.command("train", help=_train_help())
 def train_cmd(
-    algo: str = typer.Argument(..., help="On-policy: ppo, npg, trpo, mdpo, replay_pg, props, hnpg (needs --dataset); "
-                               "off-policy: sac, mdpo_off; offline: bc, iql."),
+    algo: str = typer.Argument(..., help="Algorithm name (see the list above)."),
     env: str | None = typer.Option(None, "--env", help="Gymnasium env id (online algorithms, or evaluation env)."),
     dataset: str | None = typer.Option(None, "--dataset", help="Dataset directory or Minari id (offline algorithms)."),
     steps: int = typer.Option(..., "--steps", min=1, help="Environment steps (online) or gradient steps (offline)."),
     out: Path = typer.Option(..., "--out", help="Run directory."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int | None = typer.Option(None, "--seed", help="Random seed (default 0; a resumed run keeps its own)."),
     config: Path | None = typer.Option(None, "--config", help="YAML file of config fields."),
     set_: list[str] = typer.Option([], "--set", help="Override a config field: key=value (repeatable)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run from its last checkpoint."),
@@ -114,7 +163,6 @@ def train_cmd(
     checkpoint_every: int | None = typer.Option(None, "--checkpoint-every", min=1, help="Steps between checkpoints."),
     eval_episodes: int = typer.Option(10, "--eval-episodes", min=0),
 ) -> None:
-    """Train an algorithm into a run directory (config, metrics, checkpoints, policy, eval, report)."""
     from hybridrl.loops.train import train
 
     train(algo, out, steps, env_id=env, dataset=dataset, seed=seed, config_file=config, overrides=set_,
@@ -138,8 +186,9 @@ def evaluate_cmd(
     if json_out:
         _emit_json(result)
     else:
-        _console().print(f"{env}: return {result['mean']:.1f} ± {result['std']:.1f} over {episodes} episodes"
-                         + (f", normalised score {result['normalized_score']:.1f}" if result["normalized_score"] is not None else ""))
+        _stdout().print(f"{env}: return {result['mean']:.1f} ± {result['std']:.1f} over {episodes} episodes"
+                        + (f", normalised score {result['normalized_score']:.1f}"
+                           if result["normalized_score"] is not None else ""))
 
 
 @app.command("ope")
@@ -164,7 +213,8 @@ def ope_cmd(
         names = [str(p) for p in policy]
     policies = {n: load_policy(p, ds.env_id) for n, p in zip(names, policy)}
     ests = tuple(e.strip() for e in estimators.split(",") if e.strip())
-    results = evaluate_ope(ds, policies, estimators=ests, gamma=gamma, fqe_steps=fqe_steps, seed=seed, progress=not json_out)
+    results = evaluate_ope(ds, policies, estimators=ests, gamma=gamma, fqe_steps=fqe_steps, seed=seed,
+                           progress=not json_out)
     selection = select({n: results[n][ests[0]] for n in names}, k=min(k, len(names)))
     out = {"estimates": {n: {e: r.to_dict() for e, r in results[n].items()} for n in names},
            "selection": selection.to_dict(), "selected_by": ests[0]}
@@ -178,9 +228,13 @@ def ope_cmd(
     for e in ests:
         table.add_column(e, justify="right")
     for n in names:
-        table.add_row(n, *[f"{results[n][e].estimate:.3g} [{results[n][e].ci_low:.3g}, {results[n][e].ci_high:.3g}]" for e in ests])
-    _console().print(table)
-    _console().print(f"top-{len(selection.top_k)} by {ests[0]}: {', '.join(selection.top_k)}")
+        table.add_row(n, *[f"{results[n][e].estimate:.3g} [{results[n][e].ci_low:.3g}, {results[n][e].ci_high:.3g}]"
+                           for e in ests])
+    _stdout().print(table)
+    _stdout().print(f"top-{len(selection.top_k)} by {ests[0]}: {', '.join(selection.top_k)}")
+    notes = dict.fromkeys(note for n in names for e in ests for note in results[n][e].notes)
+    for note in notes:  # e.g. "behaviour log-probabilities estimated by behaviour cloning (... steps)"
+        _stdout().print(f"note: {note}", soft_wrap=True)
 
 
 @app.command("pipeline")
@@ -206,21 +260,52 @@ def demo_cmd(
     run_demo(out, overwrite=overwrite)
 
 
+def _on_signal(signum, frame) -> None:
+    _state["signal"] = signum
+    raise KeyboardInterrupt
+
+
+def _interrupted(step: int | None, detail: str) -> None:
+    import signal
+
+    sig = _state.get("signal") or signal.SIGINT
+    where = f" at step {step}" if step is not None else ""
+    name = signal.Signals(sig).name
+    sys.stderr.write(f"interrupted{where} by {name}{detail}\n")
+    sys.exit(128 + int(sig))
+
+
 def main() -> None:
-    """Entry point: run the app, turning HybridRLError into a message and exit status 2."""
+    """Entry point: run the app. HybridRLError (and OSError) -> one message, exit 2; SIGINT/SIGTERM -> exit 130/143."""
+    import signal
+
+    # Both signals raise KeyboardInterrupt (remembering which), also when SIGINT was inherited as ignored (`cmd &`).
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
     try:
-        app(standalone_mode=False)
-    except HybridRLError as e:
+        rc = app(standalone_mode=False)  # typer turns KeyboardInterrupt into a *returned* 130
+        if isinstance(rc, int) and rc != 0:
+            if rc == 130 and "signal" in _state:
+                _interrupted(None, "; continue from the last checkpoint, if any, with --resume")
+            sys.exit(rc)
+    except Interrupted as e:
+        if "signal" not in _state:
+            _state["signal"] = e.signal_number
+        _interrupted(e.step, f"; checkpoint {e.checkpoint} (continue with --resume)" if e.checkpoint is not None
+                     else "; nothing saved")
+    except KeyboardInterrupt:
+        _interrupted(None, "; continue from the last checkpoint, if any, with --resume")
+    except (HybridRLError, OSError) as e:
         if _state["debug"]:
             raise
         from rich.text import Text
 
-        _console().print(Text.assemble(("error: ", "bold red"), f"{type(e).__name__}: {e}"), soft_wrap=True)
+        msg = f"{type(e).__name__}: {e}" if isinstance(e, HybridRLError) else _os_message(e)
+        _console().print(Text.assemble(("error: ", "bold red"), msg), soft_wrap=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        _console().print("[yellow]interrupted[/]; the last checkpoint is kept")
-        sys.exit(130)
     except Exception as e:  # typer/click usage errors carry their own message and exit code
+        if type(e).__name__ == "Abort" and isinstance(e.__context__, KeyboardInterrupt):  # click wraps Ctrl-C
+            _interrupted(None, "; continue from the last checkpoint, if any, with --resume")
         show, code = getattr(e, "show", None), getattr(e, "exit_code", None)
         if callable(show) and isinstance(code, int):
             show()
@@ -228,6 +313,12 @@ def main() -> None:
         if type(e).__name__ == "Abort":
             sys.exit(1)
         raise
+
+
+def _os_message(e: OSError) -> str:
+    where = f": {e.filename}" if e.filename else ""
+    return f"{type(e).__name__}: {e.strerror or e}{where}"
+
 
 if __name__ == "__main__":
     main()

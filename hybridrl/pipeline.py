@@ -6,6 +6,8 @@ select top-k -> fine-tune the best online -> ``report.md`` with plots. See ``con
 
 from __future__ import annotations
 
+import math
+import re
 import time
 from importlib import resources
 from pathlib import Path
@@ -13,15 +15,17 @@ from typing import Any
 
 import numpy as np
 
+from hybridrl.algos import get_algo
 from hybridrl.algos.fqe import FQEConfig
 from hybridrl.data.collect import collect
 from hybridrl.data.dataset import Dataset
 from hybridrl.data.measures import dataset_summary, plot_return_histogram
+from hybridrl.envs import make_env
 from hybridrl.errors import ConfigError
 from hybridrl.loops.common import console, json_ready
 from hybridrl.loops.evaluate import evaluate_policy
 from hybridrl.loops.finetune import FinetuneConfig, finetune
-from hybridrl.loops.train import finish_run, train
+from hybridrl.loops.train import build_config, finish_run, train
 from hybridrl.nn import load_policy
 from hybridrl.ope import evaluate_ope, select
 from hybridrl.runs import RunDir, apply_overrides, dataclass_from_dict, load_config, plot_estimates, save_config
@@ -34,18 +38,100 @@ def demo_config_path() -> Path:
     return Path(str(resources.files("hybridrl") / "configs" / "demo.yaml"))
 
 
-def _validate(cfg: Any, source: str) -> dict:
-    if not isinstance(cfg, dict):
-        raise ConfigError(f"{source}: expected a mapping with keys {sorted(PIPELINE_KEYS)}")
-    unknown = set(cfg) - PIPELINE_KEYS
-    missing = {"env_id", "collect", "candidates"} - set(cfg)
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+"""Dataset and candidate names: they become folder names under ``--out``, so no separators and no ``..``."""
+_SECTIONS = {  # key -> (type, required keys, optional keys) of each mapping section
+    "behavior": ({"steps"}, {"algo", "set"}),
+    "collect": ({"parts"}, {"name"}),
+    "ope": (set(), {"estimators", "fqe_steps", "fqe", "eval_episodes"}),
+    "select": (set(), {"by", "k"}),
+    "finetune": ({"steps"}, {"mix_offline", "set"}),
+}
+_TYPES = {"env_id": str, "seed": int, "gamma": float, "algo": str, "steps": int, "set": list, "name": str,
+          "parts": list, "policy": str, "action_noise": float, "epsilon": float, "estimators": list,
+          "fqe_steps": int, "fqe": dict, "eval_episodes": int, "by": str, "k": int, "mix_offline": bool}
+_PART_KEYS = {"policy", "steps", "action_noise", "epsilon"}
+
+
+def _check(source: str, where: str, value: Any, key: str) -> Any:
+    """``value`` of ``key`` has the type in :data:`_TYPES` (ints accepted as floats; positive counts)."""
+    tp = _TYPES[key]
+    ok = isinstance(value, tp) and not (tp is int and isinstance(value, bool))
+    if tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        ok = ok or (key == "action_noise" and value is None)
+    if tp is list and ok:
+        ok = all(isinstance(v, str) for v in value)
+    if not ok:
+        expected = "a list of strings" if tp is list else tp.__name__
+        raise ConfigError(f"{source}: {where} = {value!r}; expected {expected}")
+    if key in ("steps", "fqe_steps", "eval_episodes", "k") and value < 1:
+        raise ConfigError(f"{source}: {where} = {value!r}; expected a positive integer")
+    if key == "name" and (not SAFE_NAME.fullmatch(value) or ".." in value):
+        raise ConfigError(f"{source}: {where} = {value!r}; expected a plain folder name (letters, digits, _ . -; "
+                          "no path separators or '..'), since it is created under --out")
+    return value
+
+
+def _check_mapping(source: str, where: str, value: Any, required: set[str], optional: set[str]) -> dict:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source}: {where} must be a mapping with keys {sorted(required | optional)}, "
+                          f"found {type(value).__name__}")
+    unknown, missing = set(value) - required - optional, required - set(value)
     if unknown or missing:
-        raise ConfigError(f"{source}: unknown keys {sorted(unknown)}; missing keys {sorted(missing)}; "
-                          f"expected keys {sorted(PIPELINE_KEYS)}")
-    for i, c in enumerate(cfg["candidates"]):
-        if not {"name", "algo", "steps"} <= set(c):
-            raise ConfigError(f"{source}: candidates[{i}] needs name, algo and steps, got {sorted(c)}")
-    return cfg
+        raise ConfigError(f"{source}: {where}: unknown keys {sorted(map(str, unknown))}, missing keys "
+                          f"{sorted(missing)}; expected keys {sorted(required | optional)}")
+    for k, v in value.items():
+        if k in _TYPES and not (k == "parts" or k == "fqe"):
+            _check(source, f"{where}.{k}", v, k)
+    return value
+
+
+def _validate(cfg: Any, source: str) -> dict:
+    """Check the whole pipeline config before anything is written: structure, types, names, every algorithm's
+    config overrides. Raises :class:`ConfigError` naming the field."""
+    top = _check_mapping(source, "the pipeline config", cfg, {"env_id", "collect", "candidates"},
+                         PIPELINE_KEYS - {"env_id", "collect", "candidates"})
+    if "gamma" in top and not 0.0 <= top["gamma"] <= 1.0:
+        raise ConfigError(f"{source}: gamma = {top['gamma']!r}; expected 0 <= gamma <= 1")
+    for sec, (req, opt) in _SECTIONS.items():
+        if sec in top and not (sec == "finetune" and top[sec] is None):
+            _check_mapping(source, sec, top[sec], req, opt)
+    parts = top["collect"]["parts"]
+    if not isinstance(parts, list) or not parts:
+        raise ConfigError(f"{source}: collect.parts must be a non-empty list of {{policy, steps}} mappings")
+    for i, part in enumerate(parts):
+        _check_mapping(source, f"collect.parts[{i}]", part, {"steps"}, _PART_KEYS - {"steps"})
+    cands = top["candidates"]
+    if not isinstance(cands, list) or not cands:
+        raise ConfigError(f"{source}: candidates must be a non-empty list of {{name, algo, steps}} mappings")
+    for i, c in enumerate(cands):
+        _check_mapping(source, f"candidates[{i}]", c, {"name", "algo", "steps"}, {"set"})
+        try:
+            if "dataset" not in get_algo(c["algo"]).inputs:
+                raise ConfigError(f"{c['algo']} does not learn from a dataset; expected an offline algorithm")
+            build_config(c["algo"], overrides=c.get("set"))
+        except ConfigError as e:
+            raise ConfigError(f"{source}: candidates[{i}] ({c['name']}): {e}") from None
+    names = [c["name"] for c in cands]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{source}: candidate names must be unique, got {names}")
+    for sec in ("behavior", "finetune"):
+        if top.get(sec):
+            try:
+                if sec == "behavior":
+                    build_config(top[sec].get("algo", "ppo"), overrides=top[sec].get("set"))
+                else:
+                    apply_overrides(FinetuneConfig(), top[sec].get("set") or [])
+            except ConfigError as e:
+                raise ConfigError(f"{source}: {sec}.set: {e}") from None
+    ope = top.get("ope", {})
+    if "fqe" in ope:
+        dataclass_from_dict(FQEConfig, ope["fqe"], where=f"{source}: ope.fqe")
+    by = top.get("select", {}).get("by", "fqe")
+    if by not in ope.get("estimators", ["fqe", "pdis", "snpdis", "dr"]):
+        raise ConfigError(f"{source}: select.by = {by!r} is not one of ope.estimators")
+    return top
 
 
 def run_pipeline(config: dict | str | Path, out: str | Path, overwrite: bool = False, progress: bool = True) -> RunDir:
@@ -59,8 +145,20 @@ def run_pipeline(config: dict | str | Path, out: str | Path, overwrite: bool = F
     """
     source = str(config)
     cfg = _validate(load_config(config) if not isinstance(config, dict) else config, source)
-    env_id, seed, gamma = cfg["env_id"], int(cfg.get("seed", 0)), float(cfg.get("gamma", 0.99))
+    make_env(cfg["env_id"]).close()  # EnvError for an unknown id, before anything is written
     run = RunDir.create(out, overwrite=overwrite)
+    try:
+        _run_stages(run, cfg, source, progress)
+    except BaseException:
+        run.abandon()
+        raise
+    finally:
+        run.release()
+    return run
+
+
+def _run_stages(run: RunDir, cfg: dict, source: str, progress: bool) -> None:
+    env_id, seed, gamma = cfg["env_id"], int(cfg.get("seed", 0)), float(cfg.get("gamma", 0.99))
     save_config(run.config_path, cfg)
     img = run.path / "img"
     img.mkdir(exist_ok=True)
@@ -104,11 +202,13 @@ def run_pipeline(config: dict | str | Path, out: str | Path, overwrite: bool = F
     ope_cfg = cfg.get("ope", {})
     console.rule("[bold]3. off-policy evaluation and selection")
     estimators = tuple(ope_cfg.get("estimators", ["fqe", "pdis", "snpdis", "dr"]))
-    fqe_config = dataclass_from_dict(FQEConfig, ope_cfg["fqe"], where=f"{source}: ope.fqe") if "fqe" in ope_cfg else None
+    fqe_config = dataclass_from_dict(FQEConfig, ope_cfg["fqe"], where=f"{source}: ope.fqe") if "fqe" in ope_cfg \
+        else None
     results = evaluate_ope(dataset, policies, estimators=estimators, gamma=gamma, fqe_config=fqe_config,
                            fqe_steps=int(ope_cfg.get("fqe_steps", 5000)), seed=seed, progress=progress)
     n_eval = int(ope_cfg.get("eval_episodes", 10))
-    truth = {n: evaluate_policy(policies[n], env_id, n_eval, seed=50_000, deterministic=False, gamma=gamma) for n in names}
+    truth = {n: evaluate_policy(policies[n], env_id, n_eval, seed=50_000, deterministic=False, gamma=gamma)
+             for n in names}
     behavior_value = float(np.mean(dataset.episode_returns(gamma)))
     sel_cfg = cfg.get("select", {})
     by, k = sel_cfg.get("by", "fqe"), int(sel_cfg.get("k", 1))
@@ -132,6 +232,7 @@ def run_pipeline(config: dict | str | Path, out: str | Path, overwrite: bool = F
         console.rule(f"[bold]4. fine-tune {best} online for {ft['steps']} steps")
         ppo_cfg = apply_overrides(FinetuneConfig(), ft.get("set") or [])  # PPO + bc_coef, bc_decay, kl_coef
         frun = RunDir.create(run.path / "finetune", overwrite=True)
+        frun.release()  # inside the locked pipeline run
         start = load_policy(run.path / "candidates" / best / "policy", env_id)
         before = evaluate_policy(start, env_id, n_eval, seed=60_000)
         learner = finetune(env_id, dataset, start, int(ft["steps"]), config=ppo_cfg, run=frun, seed=seed,
@@ -150,7 +251,6 @@ def run_pipeline(config: dict | str | Path, out: str | Path, overwrite: bool = F
     write_pipeline_report(run, cfg, summary, names, estimators, results, truth, selection, ft_eval, timings)
     run.commit()
     console.print(f"[green]pipeline finished[/] in {sum(timings.values()):.0f} s: see {run.report_md}")
-    return run
 
 
 def run_demo(out: str | Path = "runs/demo", overwrite: bool = False, progress: bool = True) -> RunDir:

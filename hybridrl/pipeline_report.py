@@ -26,38 +26,44 @@ def write_pipeline_report(run: RunDir, cfg: dict, summary: dict, names, estimato
           f"`datasets/{cfg['collect'].get('name', 'pipeline-v0')}` (Minari format): {summary['episodes']} episodes, "
           f"{summary['steps']} steps; return mean {summary['return_mean']:.1f} ± {summary['return_std']:.1f} "
           f"(min {summary['return_min']:.1f}, max {summary['return_max']:.1f})"
-          + (f", normalised score {summary['normalized_score_mean']:.1f}" if summary.get("normalized_score_mean") is not None else "")
-          + ". Behaviour: " + "; ".join(f"{p.get('policy', 'random')} × {p['steps']} steps" for p in cfg["collect"]["parts"]) + ".",
+          + (f", normalised score {summary['normalized_score_mean']:.1f}"
+             if summary.get("normalized_score_mean") is not None else "")
+          + ". Behaviour: "
+          + "; ".join(f"{p.get('policy', 'random')} × {p['steps']} steps" for p in cfg["collect"]["parts"]) + ".",
           "", "![dataset returns](img/dataset_returns.png)", ""]
     L += ["## 2. Offline candidates and 3. off-policy evaluation", "",
-          f"Estimates of the discounted value (γ = {gamma}) of each candidate's stochastic policy from the dataset alone, "
-          f"with 95% bootstrap intervals, next to its true discounted return from {cfg.get('ope', {}).get('eval_episodes', 10)} "
-          "online episodes. Importance-sampling estimators multiply per-step ratios over up to 1,000 steps, so on "
-          "MuJoCo they are expected to be degenerate: their effective sample size is shown.", "",
+          f"Estimates of the discounted value (γ = {gamma}) of each candidate's stochastic policy from the dataset "
+          f"alone, with 95% bootstrap intervals, next to its true discounted return from "
+          f"{cfg.get('ope', {}).get('eval_episodes', 10)} online episodes. Importance-sampling estimators multiply "
+          "per-step ratios over up to 1,000 steps, so on MuJoCo they are expected to be degenerate: their effective "
+          "sample size is shown.", "",
           "| candidate | algo | true (online) | " + " | ".join(estimators) + " |",
           "| --- | --- | ---: | " + " | ".join("---:" for _ in estimators) + " |"]
-    algos = {c["name"]: c["algo"] + (" " + " ".join(c.get("set", [])) if c.get("set") else "") for c in cfg["candidates"]}
+    algos = {c["name"]: c["algo"] + (" " + " ".join(c.get("set", [])) if c.get("set") else "")
+             for c in cfg["candidates"]}
     for n in names:
         cells = []
         for e in estimators:
             r = results[n][e]
             ess = r.diagnostics.get("ess") if r.diagnostics else None
-            cells.append(f"{_fmt(r.estimate)} [{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]" + (f" ess {ess:.1f}" if ess is not None else ""))
+            cells.append(f"{_fmt(r.estimate)} [{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]"
+                         + (f" ess {ess:.1f}" if ess is not None else ""))
         t = truth[n]
-        L.append(f"| {n} | {algos[n]} | {t['discounted_mean']:.2f} ± {t['discounted_std']:.2f} (return {t['mean']:.0f}) | "
-                 + " | ".join(cells) + " |")
+        L.append(f"| {n} | {algos[n]} | {t['discounted_mean']:.2f} ± {t['discounted_std']:.2f} "
+                 f"(return {t['mean']:.0f}) | " + " | ".join(cells) + " |")
     L += [""] + [f"![{e}](img/ope_{e}.png)" for e in estimators] + [""]
     notes = sorted({note for n in names for e in estimators for note in results[n][e].notes})
     if notes:
         L += ["Notes: " + " ".join(notes), ""]
     sel = selection.to_dict()
     L += ["## Selection", "",
-          f"Ranked by `{cfg.get('select', {}).get('by', 'fqe')}`: " + ", ".join(sel["ranking"]) + f"; top-{len(sel['top_k'])}: "
-          + ", ".join(sel["top_k"]) + "."]
+          f"Ranked by `{cfg.get('select', {}).get('by', 'fqe')}`: " + ", ".join(sel["ranking"])
+          + f"; top-{len(sel['top_k'])}: " + ", ".join(sel["top_k"]) + "."]
     metrics = {k: v for k, v in sel.items() if k not in ("ranking", "top_k", "estimates", "true_values")}
     if metrics:
-        L += ["", "| metric | value |", "| --- | ---: |"] + [f"| {k} | {v if isinstance(v, str) else _fmt(v)} |"
-                                                            for k, v in metrics.items() if isinstance(v, (int, float, str))]
+        L += ["", "| metric | value |", "| --- | ---: |"]
+        L += [f"| {k} | {v if isinstance(v, str) else _fmt(v)} |" for k, v in metrics.items()
+              if isinstance(v, (int, float, str))]
     L.append("")
     if ft_eval is not None:
         before = ft_eval["before"]
@@ -69,6 +75,7 @@ def write_pipeline_report(run: RunDir, cfg: dict, summary: dict, names, estimato
               f"| after | {ft_eval['mean']:.1f} | {ft_eval['std']:.1f} | {_fmt(ft_eval['normalized_score'])} |", "",
               "![fine-tuning curves](finetune/curves.png)", ""]
     L += ["## Where things are", "", "- `behavior/`: the behaviour-policy run", "- `datasets/`: the Minari dataset",
-          "- `candidates/<name>/`: each offline run (config, metrics, policy)", "- `ope.json`, `selection.json`: estimates and selection",
-          "- `finetune/`: the fine-tuning run", "- `summary.json`: the headline numbers", ""]
+          "- `candidates/<name>/`: each offline run (config, metrics, policy)",
+          "- `ope.json`, `selection.json`: estimates and selection", "- `finetune/`: the fine-tuning run",
+          "- `summary.json`: the headline numbers", ""]
     run.write_text("report.md", "\n".join(L))

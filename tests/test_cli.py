@@ -46,8 +46,10 @@ def expect_error(proc, *fragments):
 def work(tmp_path_factory):
     """A dataset and a trained policy shared by the tests (Pendulum-v1: fast, continuous)."""
     root = tmp_path_factory.mktemp("cli")
-    cli("collect", "--env", "Pendulum-v1", "--policy", "random", "--steps", "600", "--out", root / "pend-v0", "--seed", "1")
-    cli("train", "ppo", "--env", "Pendulum-v1", "--steps", "512", "--out", root / "ppo", *TINY_PPO, "--eval-episodes", "1")
+    cli("collect", "--env", "Pendulum-v1", "--policy", "random", "--steps", "600", "--out", root / "pend-v0",
+        "--seed", "1")
+    cli("train", "ppo", "--env", "Pendulum-v1", "--steps", "512", "--out", root / "ppo", *TINY_PPO,
+        "--eval-episodes", "1")
     return root
 
 
@@ -58,7 +60,7 @@ def test_help_on_every_verb():
 
 
 def test_collect_inspect_train_evaluate_ope_end_to_end(work):
-    info = json.loads(cli("inspect", work / "pend-v0", "--json").stdout)  # stdout is JSON alone
+    info = json.loads(cli("inspect", work / "pend-v0", "--json", "--plot", work / "returns.png").stdout)  # JSON alone
     assert info["episodes"] == 3 and info["steps"] == 600 and info["has_behavior_log_prob"]
     assert Path(info["histogram"]).stat().st_size > 1000
     run = work / "ppo"
@@ -103,7 +105,8 @@ def test_truncated_dataset_file(work, tmp_path):
     h5 = bad / "data" / "main_data.hdf5"
     h5.write_bytes(h5.read_bytes()[: h5.stat().st_size // 2])
     expect_error(cli("inspect", bad, check=False), "main_data.hdf5")
-    expect_error(cli("train", "bc", "--dataset", bad, "--steps", "5", "--out", tmp_path / "r", check=False), "main_data.hdf5")
+    expect_error(cli("train", "bc", "--dataset", bad, "--steps", "5", "--out", tmp_path / "r", check=False),
+                 "main_data.hdf5")
     assert not (tmp_path / "r" / "policy").exists()
 
 
@@ -130,8 +133,10 @@ def test_nan_reward_in_dataset(work, tmp_path):
 
 def test_observation_shape_mismatch(work, tmp_path):
     # the Pendulum dataset (obs shape (3,)) cannot drive a CartPole policy
-    cli("train", "ppo", "--env", "CartPole-v1", "--steps", "256", "--out", tmp_path / "cp", *TINY_PPO, "--eval-episodes", "0")
-    expect_error(cli("ope", "--dataset", work / "pend-v0", "--policy", tmp_path / "cp" / "policy", check=False), "CartPole-v1")
+    cli("train", "ppo", "--env", "CartPole-v1", "--steps", "256", "--out", tmp_path / "cp", *TINY_PPO,
+        "--eval-episodes", "0")
+    expect_error(cli("ope", "--dataset", work / "pend-v0", "--policy", tmp_path / "cp" / "policy", check=False),
+                 "CartPole-v1")
     expect_error(cli("evaluate", tmp_path / "cp" / "policy", "--env", "Pendulum-v1", check=False), "CartPole-v1")
 
 
@@ -140,7 +145,8 @@ def test_unknown_env_and_algorithm(tmp_path):
                  "Hoper-v5", "Hopper-v5")
     expect_error(cli("train", "ppx", "--env", "CartPole-v1", "--steps", "10", "--out", tmp_path / "b", check=False),
                  "unknown algorithm", "ppo")
-    expect_error(cli("collect", "--env", "NoSuchEnv-v0", "--steps", "10", "--out", tmp_path / "c-v0", check=False), "NoSuchEnv-v0")
+    expect_error(cli("collect", "--env", "NoSuchEnv-v0", "--steps", "10", "--out", tmp_path / "c-v0", check=False),
+                 "NoSuchEnv-v0")
 
 
 def test_policy_dir_with_missing_files(work, tmp_path):
@@ -157,8 +163,8 @@ def test_policy_dir_with_missing_files(work, tmp_path):
 def test_invalid_set_key_and_value(tmp_path):
     expect_error(cli("train", "ppo", "--env", "CartPole-v1", "--steps", "10", "--out", tmp_path / "a", "--set", "lrr=1",
                      check=False), "lrr", "lr")
-    expect_error(cli("train", "ppo", "--env", "CartPole-v1", "--steps", "10", "--out", tmp_path / "b", "--set", "lr=fast",
-                     check=False), "lr", "fast")
+    expect_error(cli("train", "ppo", "--env", "CartPole-v1", "--steps", "10", "--out", tmp_path / "b", "--set",
+                     "lr=fast", check=False), "lr", "fast")
     expect_error(cli("train", "ppo", "--env", "CartPole-v1", "--steps", "10", "--out", tmp_path / "c", "--set",
                      "minibatch_size=100", check=False), "minibatch_size")
     expect_error(cli("train", "iql", "--dataset", "x-v0", "--steps", "10", "--out", tmp_path / "d", "--set",
@@ -173,7 +179,8 @@ def test_existing_run_and_dataset_are_not_overwritten(work):
                  "--overwrite")
     assert (work / "ppo" / "metrics.csv").read_bytes() == before
     h5 = (work / "pend-v0" / "data" / "main_data.hdf5").read_bytes()
-    expect_error(cli("collect", "--env", "Pendulum-v1", "--steps", "10", "--out", work / "pend-v0", check=False), "--overwrite")
+    expect_error(cli("collect", "--env", "Pendulum-v1", "--steps", "10", "--out", work / "pend-v0", check=False),
+                 "--overwrite")
     assert (work / "pend-v0" / "data" / "main_data.hdf5").read_bytes() == h5
 
 
@@ -186,13 +193,14 @@ def test_debug_shows_traceback(tmp_path):
 
 def test_kill_then_resume_completes(tmp_path):
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "hybridrl.cli", "train", "ppo", "--env", "CartPole-v1", "--steps", "40960", "--out", out,
+    args = [sys.executable, "-m", "hybridrl.cli", "train", "ppo", "--env", "CartPole-v1", "--steps", "40960",
+            "--out", out,
             "--set", "n_steps=512", "--set", "minibatch_size=256", "--set", "n_epochs=4", "--checkpoint-every", "1024",
             "--eval-episodes", "1"]
     proc = subprocess.Popen(list(map(str, args)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.time() + 120
-    while time.time() < deadline and not any((out / "checkpoints").glob("step_*")) if (out / "checkpoints").exists() else time.time() < deadline:
+    while time.time() < deadline and not ((out / "checkpoints").exists() and any((out / "checkpoints").glob("step_*"))):
         time.sleep(0.2)
     time.sleep(1.0)
     proc.send_signal(signal.SIGKILL)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from hybridrl.algos import algo_names, get_algo
+from hybridrl.algos import algo_names, get_algo, registry
 from hybridrl.data.batches import Segments, Transitions
 from hybridrl.errors import ConfigError
 from hybridrl.nn import make_policy
@@ -23,14 +23,10 @@ from hybridrl.runs import RunDir, load_checkpoint, save_checkpoint
 
 OBS = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
 SPACES = {"discrete": gym.spaces.Discrete(3), "continuous": gym.spaces.Box(-1.0, 1.0, (2,), np.float32)}
-SMALL = {"ppo": dict(n_steps=16, num_envs=2, minibatch_size=16, n_epochs=2), "bc": {},
-         "iql": dict(hidden=(32, 32), reward_scale=1.0), "fqe": dict(hidden=(32, 32)),
-         "npg": dict(n_steps=16, num_envs=2, critic_minibatch_size=16, critic_epochs=2, hidden=(16, 16)),
-         "trpo": dict(n_steps=16, num_envs=2, critic_minibatch_size=16, critic_epochs=2, hidden=(16, 16)),
-         "hnpg": dict(n_steps=16, num_envs=2, critic_iters=2, hidden=(16, 16), critic_hidden=(16, 16)),
-         "mdpo": dict(n_steps=16, num_envs=2, sgd_steps=2, critic_epochs=1, critic_minibatch_size=16, hidden=(16, 16)),
-         "replay_pg": dict(n_steps=16, num_envs=2, minibatch_size=16, n_epochs=2, n_rollouts=2, hidden=(16, 16)),
-         "mdpo_off": dict(hidden=(16, 16), old_policy_interval=1), "sac": dict(hidden=(32, 32))}
+KINDS = {"discrete": gym.spaces.Discrete, "continuous": gym.spaces.Box}
+SPECS = {name: spec for name, spec in registry().items() if spec.build is None}  # the gym-space learners
+SMALL = {name: spec.tiny for name, spec in SPECS.items()}
+"""Tiny configs, from each algorithm's registration (``register(..., tiny=...)``)."""
 
 
 def _actions(space, shape, g):
@@ -41,7 +37,7 @@ def _actions(space, shape, g):
 
 def _batch(algo: str, space, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    if get_algo(algo).regime == "on_policy":
+    if get_algo(algo).loop == "on_policy":
         b, t = 2, 16
         term = torch.rand(b, t, generator=g) < 0.1
         return Segments(obs=torch.randn(b, t, 4, generator=g), action=_actions(space, (b, t), g),
@@ -58,9 +54,9 @@ def _make(algo: str, space, seed: int = 0, policy=None):
     spec = get_algo(algo)
     config = spec.config_cls(**SMALL[algo])
     torch.manual_seed(0)  # the evaluated policy of FQE is the same in every call
-    kwargs = {"policy": policy or make_policy(OBS, space, (16,))} if algo == "fqe" else {}
-    learner = spec.learner_cls(config, OBS, space, seed=seed, **kwargs)
-    if algo == "hnpg":  # a hybrid on-policy learner: every update also gets offline transitions
+    kwargs = {"policy": policy or make_policy(OBS, space, (16,))} if spec.inputs == "dataset+policy" else {}
+    learner = spec.make(config, OBS, space, seed=seed, **kwargs)
+    if spec.inputs == "env+dataset":  # a hybrid on-policy learner: every update also gets offline transitions
         learner.update = functools.partial(learner.update, offline=_batch("bc", space, seed=5))
     return learner
 
@@ -73,18 +69,15 @@ def _params(learner) -> dict[str, torch.Tensor]:
     return out
 
 
-CASES = [(a, s) for a in ("ppo", "bc", "iql", "fqe", "npg", "trpo", "hnpg", "mdpo", "replay_pg") for s in SPACES]
-CASES += [("mdpo_off", "continuous"), ("sac", "continuous")]
-SMALL["props"] = dict(n_steps=16, num_envs=2, props_n_steps=8, minibatch_size=16, props_minibatch_size=16, n_epochs=2,
-                      props_n_epochs=2, hidden=(16, 16))
-CASES += [("props", s) for s in SPACES]
-SMALL["pmoe_ppo"] = dict(n_steps=16, num_envs=2, minibatch_size=16, n_epochs=2, n_experts=3)  # pgcore: PMOE-PPO
-CASES += [("pmoe_ppo", "continuous")]
+CASES = [(a, kind) for a, spec in sorted(SPECS.items()) for kind in spec.action_spaces]
+"""(algorithm, action space kind) for every registered learner and every action space it declares."""
 
 
 def test_registry_lists_every_learner_and_rejects_unknown():
-    """Every registered learner is covered by the contract below (a new one must add its SMALL/CASES entry)."""
-    assert set(algo_names()) == {a for a, _ in CASES} == set(SMALL)
+    """Every registered gym-space learner is covered by the contract below (CASES come from the registry)."""
+    assert set(SPECS) == {a for a, _ in CASES} == set(SMALL) and set(SPECS) <= set(algo_names())
+    builtin = {"ppo", "props", "mdpo", "replay_pg", "npg", "trpo", "hnpg", "bc", "iql", "fqe", "sac", "mdpo_off"}
+    assert builtin <= set(SPECS)
     with pytest.raises(ConfigError, match="did you mean 'iql'"):
         get_algo("iqll")
 
@@ -106,11 +99,11 @@ def test_learner_contract(algo, kind, tmp_path):
     after = _params(learner)
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed, "update changed nothing"
-    if algo == "fqe":  # gradient isolation: the evaluated policy never moves
+    if get_algo(algo).inputs == "dataset+policy":  # gradient isolation (FQE): the evaluated policy never moves
         assert all(torch.equal(v, learner.policy.state_dict()[k]) for k, v in policy_before.items())
     else:
         assert any(k.startswith("policy.") for k in changed)
-    if algo in ("iql", "fqe", "mdpo_off", "sac"):  # targets move by Polyak averaging, tau of the online change
+    if hasattr(learner.config, "tau"):  # targets move by Polyak averaging, tau of the online change
         tau = learner.config.tau
         for k in [k for k in before if "_target." in k and k.endswith("weight")]:
             online = k.replace("q_target.", "q_net.") if k.startswith("q_target.") else k.replace("_target", "")

@@ -34,7 +34,7 @@ from hybridrl.runs import (
 # --- run directory --------------------------------------------------------------------------------------
 
 def _snapshot(path):
-    return {p.relative_to(path): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+    return {p.relative_to(path): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file() and p.name != ".lock"}
 
 
 def test_rundir_paths_and_create_new(tmp_path):
@@ -55,6 +55,7 @@ def test_existing_run_is_not_overwritten(tmp_path):
     run.write_json("eval.json", {"mean": 1.0})
     save_checkpoint(run, 5, {"x": torch.ones(2)})
     before = _snapshot(run.path)
+    run.release()
     with pytest.raises(RunExistsError, match="--overwrite.*--resume"):
         RunDir.create(run.path)
     assert _snapshot(run.path) == before
@@ -67,6 +68,7 @@ def test_existing_run_is_not_overwritten(tmp_path):
 def test_resume_without_checkpoint_raises(tmp_path):
     run = RunDir.create(tmp_path / "r")
     run.write_text("config.yaml", "a: 1\n")
+    run.release()
     with pytest.raises(ConfigError, match="nothing to resume"):
         RunDir.create(run.path, resume=True)
     with pytest.raises(ConfigError, match="nothing to resume"):
@@ -77,14 +79,16 @@ def test_overwrite_moves_old_run_aside_until_commit(tmp_path):
     old = RunDir.create(tmp_path / "r")
     old.write_json("eval.json", {"mean": 1.0})
     before = _snapshot(old.path)
+    old.release()
     new = RunDir.create(old.path, overwrite=True)
-    assert new.path.is_dir() and not any(new.path.iterdir())
+    assert new.path.is_dir() and [p.name for p in new.path.iterdir()] == [".lock"]
     assert new.replaced_path.name.startswith(".r.old-") and _snapshot(new.replaced_path) == before
     new.write_json("eval.json", {"mean": 2.0})
     new.commit()
     assert not new.replaced_path and [p.name for p in tmp_path.iterdir()] == ["r"]
     assert '"mean": 2.0' in new.eval_json.read_text()
     # a failed overwrite run can be rolled back to the old results
+    new.release()
     again = RunDir.create(new.path, overwrite=True)
     again.write_text("partial.txt", "x")
     again.rollback()
@@ -428,3 +432,91 @@ def test_every_loop_accepts_the_uniform_keywords(tmp_path):
     with pytest.raises(ConfigError, match="ppo does not use offline data"):
         train_on_policy(config=PPOConfig(n_steps=8, minibatch_size=8), steps=8, env_id="hybridrl/Chain-v0",
                         dataset=data, algo="ppo", **common)
+
+# --- hardening: lock, abandon, file modes, YAML aliases, NaN ----------------------------------------------
+
+def _hold_lock(path):
+    """A child process that opens (and so locks) the run ``path`` and waits; returns it once the lock is held."""
+    import subprocess
+    import sys
+
+    code = ("import sys, time; from hybridrl.runs import RunDir; RunDir.create(sys.argv[1]); "
+            "print('locked', flush=True); time.sleep(120)")
+    child = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "locked"
+    return child
+
+
+@pytest.mark.subprocess
+def test_run_lock_blocks_a_second_process_and_a_stale_lock_does_not(tmp_path):
+    path = tmp_path / "r"
+    child = _hold_lock(path)
+    try:
+        with pytest.raises(RunExistsError, match=rf"in use by another process \(pid {child.pid}\)"):
+            RunDir.create(path)
+        with pytest.raises(RunExistsError, match="in use"):
+            RunDir.create(path, overwrite=True)
+    finally:
+        child.kill()
+        child.wait()
+    assert (path / ".lock").exists()  # the crashed holder left its lock file: it must not block
+    RunDir.create(path).release()
+
+
+def test_abandon_restores_overwritten_run_until_first_checkpoint(tmp_path):
+    old = RunDir.create(tmp_path / "r")
+    old.write_json("eval.json", {"mean": 1.0})
+    old.release()
+    new = RunDir.create(old.path, overwrite=True)
+    new.write_text("config.yaml", "a: 1\n")
+    new.abandon()  # failed before its first checkpoint: the old run is back
+    assert '"mean": 1.0' in old.eval_json.read_text() and sorted(p.name for p in tmp_path.iterdir()) == ["r"]
+    new = RunDir.create(old.path, overwrite=True)
+    save_checkpoint(new, 1, {"x": torch.ones(1)})
+    new.abandon()  # failed after it: the new run stays (resumable), the old one is gone
+    assert new.has_checkpoint() and not new.eval_json.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["r"]
+    new.release()
+    fresh = RunDir.create(tmp_path / "empty")
+    fresh.abandon()  # a run that wrote nothing leaves no empty folder
+    assert not (tmp_path / "empty").exists()
+
+
+def test_run_files_get_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        run = RunDir.create(tmp_path / "r")
+        run.write_json("eval.json", {"a": 1})
+        save_checkpoint(run, 3, {"x": torch.ones(1)})
+        save_config(run.config_path, {"a": 1})
+    finally:
+        os.umask(old)
+    modes = {p.relative_to(run.path).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in run.path.rglob("*")}
+    assert modes["eval.json"] == modes["config.yaml"] == modes["checkpoints/step_3/state.json"] == 0o644, modes
+    assert modes["checkpoints/step_3"] == 0o755, modes
+
+
+def test_yaml_alias_bomb_is_refused_quickly(tmp_path):
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    lines += [f"{chr(98 + i)}: &{chr(98 + i)} [" + ",".join([f"*{chr(97 + i)}"] * 9) + "]" for i in range(8)]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match=r"bomb.yaml.*aliases"):
+        load_config(bomb)
+    plain = tmp_path / "ok.yaml"
+    plain.write_text("a: &x 1\nb: [1, 2]\n")  # an anchor without an alias is harmless
+    assert load_config(plain) == {"a": 1, "b": [1, 2]}
+
+
+def test_nan_override_is_a_config_error():
+    @dataclasses.dataclass(frozen=True)
+    class C:
+        lr: float = 1.0
+
+    with pytest.raises(ConfigError, match="'lr'.*not NaN"):
+        apply_overrides(C(), ["lr=nan"])
+    with pytest.raises(ConfigError, match="'lr'"):
+        dataclass_from_dict(C, {"lr": float("nan")})
+    assert apply_overrides(C(), ["lr=inf"]).lr == float("inf")  # ranges (check_config) decide about inf

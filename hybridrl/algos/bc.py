@@ -82,3 +82,8 @@ class BCLearner:
     def load_state_dict(self, state: dict) -> None:
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(state["optimizer"])
+
+
+from hybridrl.algos import register  # noqa: E402  (registration is the last statement of the file)
+
+register("bc", BCConfig, BCLearner, loop="offline", inputs="dataset", summary="behaviour cloning (maximum likelihood)")

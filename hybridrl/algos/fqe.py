@@ -150,3 +150,10 @@ class FQELearner:
         self.q_net.load_state_dict(state["q"])
         self.q_target.load_state_dict(state["q_target"])
         self.optimizer.load_state_dict(state["optimizer"])
+
+
+from hybridrl.algos import register  # noqa: E402  (registration is the last statement of the file)
+
+register("fqe", FQEConfig, FQELearner, loop="ope", inputs="dataset+policy",
+         summary="fitted Q evaluation of a fixed policy (Le et al. 2019), used by `hybridrl ope`",
+         tiny=dict(hidden=(32, 32)))

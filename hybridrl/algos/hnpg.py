@@ -215,3 +215,10 @@ class HNPGLearner:
         self.q.load_state_dict(state["q"])
         self.q_optimizer.load_state_dict(state["q_optimizer"])
         self.generator.set_state(state["generator"])
+
+
+from hybridrl.algos import register  # noqa: E402  (registration is the last statement of the file)
+
+register("hnpg", HNPGConfig, HNPGLearner, loop="on_policy", inputs="env+dataset",
+         summary="hybrid NPG: on-policy rollouts plus offline data (Zhou et al. 2024)",
+         tiny=dict(n_steps=16, num_envs=2, critic_iters=2, hidden=(16, 16), critic_hidden=(16, 16)))

@@ -176,3 +176,9 @@ class IQLLearner:
         self.value_opt.load_state_dict(state["value_opt"])
         scale = state["reward_scale"]
         self.reward_scale = None if scale is None else float(scale)
+
+
+from hybridrl.algos import register  # noqa: E402  (registration is the last statement of the file)
+
+register("iql", IQLConfig, IQLLearner, loop="offline", inputs="dataset",
+         summary="implicit Q-learning (Kostrikov et al. 2022)", tiny=dict(hidden=(32, 32), reward_scale=1.0))

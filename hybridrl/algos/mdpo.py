@@ -193,3 +193,10 @@ class MDPOLearner:
         self.generator.set_state(state["generator"])
         self.progress = float(state["progress"])
         self.iteration = int(state["iteration"])
+
+
+from hybridrl.algos import register  # noqa: E402  (registration is the last statement of the file)
+
+register("mdpo", MDPOConfig, MDPOLearner, loop="on_policy", inputs="env",
+         summary="on-policy mirror descent policy optimisation (Tomar et al. 2022)",
+         tiny=dict(n_steps=16, num_envs=2, sgd_steps=2, critic_epochs=1, critic_minibatch_size=16, hidden=(16, 16)))

@@ -177,3 +177,10 @@ class MDPOOffLearner:
         self.actor_opt.load_state_dict(state["actor_opt"])
         self.critic_opt.load_state_dict(state["critic_opt"])
         self.n_updates = int(state["n_updates"])
+
+
+from hybridrl.algos import register  # noqa: E402  (registration is the last statement of the file)
+
+register("mdpo_off", MDPOOffConfig, MDPOOffLearner, loop="off_policy", inputs="env", action_spaces=("continuous",),
+         summary="off-policy mirror descent policy optimisation (Tomar et al. 2022)",
+         tiny=dict(hidden=(16, 16), old_policy_interval=1))

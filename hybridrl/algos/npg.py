@@ -196,3 +196,11 @@ class NPGLearner:
         self.critic.load_state_dict(state["critic"])
         self.critic_optimizer.load_state_dict(state["critic_optimizer"])
         self.generator.set_state(state["generator"])
+
+
+from hybridrl.algos import register  # noqa: E402  (registration is the last statement of the file)
+
+register("npg", NPGConfig, NPGLearner, loop="on_policy", inputs="env", summary="natural policy gradient (Kakade 2002)",
+         tiny=dict(n_steps=16, num_envs=2, critic_minibatch_size=16, critic_epochs=2, hidden=(16, 16)))
+register("trpo", TRPOConfig, NPGLearner, loop="on_policy", inputs="env", summary="TRPO (Schulman et al. 2015)",
+         tiny=dict(n_steps=16, num_envs=2, critic_minibatch_size=16, critic_epochs=2, hidden=(16, 16)))

@@ -83,3 +83,10 @@ class PMOEPPOLearner(PPOLearner):
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.q_net.load_state_dict(state["q_net"])
+
+
+from hybridrl.algos import register  # noqa: E402  (registration is the last statement of the file)
+
+register("pmoe_ppo", PMOEPPOConfig, PMOEPPOLearner, loop="on_policy", inputs="env", action_spaces=("continuous",),
+         summary="PMOE-PPO, PPO with a Gaussian-mixture policy (Ren et al. 2021)",
+         tiny=dict(n_steps=16, num_envs=2, minibatch_size=16, n_epochs=2, n_experts=3))

@@ -126,3 +126,10 @@ class PPOLearner:
         self.critic.load_state_dict(state["critic"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
+
+
+from hybridrl.algos import register  # noqa: E402  (registration is the last statement of the file)
+
+register("ppo", PPOConfig, PPOLearner, loop="on_policy", inputs="env",
+         summary="PPO, clipped surrogate (Schulman et al. 2017)",
+         tiny=dict(n_steps=16, num_envs=2, minibatch_size=16, n_epochs=2))

@@ -284,3 +284,11 @@ class PROPSLearner:
         self.behavior_generator.set_state(state["behavior_generator"])
         self.buffer.load_state_dict(state["buffer"])
         self.collected = int(state["collected"])
+
+
+from hybridrl.algos import register  # noqa: E402  (registration is the last statement of the file)
+
+register("props", PROPSConfig, PROPSLearner, loop="on_policy", inputs="env",
+         summary="PROPS, PPO with an adaptive behaviour policy (Corrado & Hanna 2024)",
+         tiny=dict(n_steps=16, num_envs=2, props_n_steps=8, minibatch_size=16, props_minibatch_size=16, n_epochs=2,
+                   props_n_epochs=2, hidden=(16, 16)))

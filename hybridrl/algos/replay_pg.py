@@ -183,3 +183,10 @@ class ReplayPGLearner:
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
         self.rollouts.load_state_dict(state)
+
+
+from hybridrl.algos import register  # noqa: E402  (registration is the last statement of the file)
+
+register("replay_pg", ReplayPGConfig, ReplayPGLearner, loop="on_policy", inputs="env",
+         summary="PPO that replays its last rollouts with importance weights",
+         tiny=dict(n_steps=16, num_envs=2, minibatch_size=16, n_epochs=2, n_rollouts=2, hidden=(16, 16)))

@@ -213,3 +213,9 @@ class SACLearner:
         with torch.no_grad():
             self.log_alpha.copy_(torch.as_tensor(state["log_alpha"]).reshape(1))
         self.alpha_opt.load_state_dict(state["alpha_opt"])
+
+
+from hybridrl.algos import register  # noqa: E402  (registration is the last statement of the file)
+
+register("sac", SACConfig, SACLearner, loop="off_policy", inputs="env", action_spaces=("continuous",),
+         summary="soft actor-critic (Haarnoja et al. 2018)", tiny=dict(hidden=(32, 32)))

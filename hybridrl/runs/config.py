@@ -19,9 +19,10 @@ import numbers
 import os
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from enum import Enum
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence, TypeVar, Union
+from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
@@ -30,6 +31,27 @@ from hybridrl.runs.io import atomic_write_text
 
 T = TypeVar("T")
 _BOOLS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False, "on": True, "off": False}
+
+
+class _AliasError(yaml.YAMLError):
+    pass
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses aliases (``*name``): a few lines of nested aliases expand to billions of
+    nodes (the "billion laughs" bomb), and config files never need them."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise _AliasError(f"line {mark.line + 1}, column {mark.column + 1}: YAML aliases (*name) are not allowed "
+                              "in hybridrl config files; write the values out")
+        return super().compose_node(parent, index)
+
+
+def safe_load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` without aliases. Raises ``yaml.YAMLError`` (also for an alias)."""
+    return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def save_config(path: str | os.PathLike, config: Mapping[str, Any] | Any) -> Path:
@@ -55,7 +77,9 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read config file {path}: {e}") from e
     try:
-        data = yaml.safe_load(text)
+        data = safe_load_yaml(text)
+    except _AliasError as e:
+        raise ConfigError(f"config file {path}: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
     if data is None:
@@ -251,7 +275,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is dict or tp is dict:
         if isinstance(value, str):
             try:
-                value = yaml.safe_load(value) if value.strip() else {}
+                value = safe_load_yaml(value) if value.strip() else {}
             except yaml.YAMLError:
                 raise bad() from None
         if not isinstance(value, Mapping):
@@ -285,14 +309,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return int(value_f)
         raise bad()
     if tp is float:
-        if isinstance(value, numbers.Real) and not isinstance(value, bool):
-            return float(value)
         if isinstance(value, str):
             try:
-                return float(value.strip())
+                value = float(value.strip())
             except ValueError:
                 raise bad() from None
-        raise bad()
+        if isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isnan(value):
+            return float(value)
+        raise bad(" (a number, not NaN)" if isinstance(value, numbers.Real) else "")
     if tp is str:
         if isinstance(value, str):
             return value

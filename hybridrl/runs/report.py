@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import datetime as _dt
 
-import yaml
-
 from hybridrl.runs.rundir import RunDir
 
 
@@ -13,15 +11,15 @@ def write_report(run: RunDir, title: str, evaluation: dict | None, sections: lis
     """Write ``report.md``: title, what ran (config.yaml), evaluation, curves, then ``sections`` (heading, markdown)."""
     lines = [f"# {title}", "", f"Written {_dt.datetime.now().isoformat(timespec='seconds')} by hybridrl.", ""]
     if run.config_path.exists():
-        lines += ["## What ran", "", "```yaml", yaml.safe_dump(yaml.safe_load(run.config_path.read_text()), sort_keys=False).strip(), "```", ""]
+        lines += ["## What ran", "", "```yaml", run.config_path.read_text(encoding="utf-8").strip(), "```", ""]
     if evaluation is not None:
         norm = evaluation.get("normalized_score")
         lines += [
             "## Evaluation", "",
             "| episodes | mean return | std | min | max | normalised score |",
             "| ---: | ---: | ---: | ---: | ---: | ---: |",
-            f"| {evaluation['episodes']} | {evaluation['mean']:.1f} | {evaluation['std']:.1f} | {evaluation['min']:.1f} "
-            f"| {evaluation['max']:.1f} | {'n/a' if norm is None else f'{norm:.1f}'} |", "",
+            f"| {evaluation['episodes']} | {evaluation['mean']:.1f} | {evaluation['std']:.1f} "
+            f"| {evaluation['min']:.1f} | {evaluation['max']:.1f} | {'n/a' if norm is None else f'{norm:.1f}'} |", "",
         ]
     if run.curves_png.exists():
         lines += ["## Learning curves", "", f"![curves]({run.curves_png.name})", ""]
