@@ -75,22 +75,41 @@ def main() -> None:
     if args.dataset:
         data = Dataset.load(args.dataset)
         ev = {"mean": float("nan"), "std": float("nan")}
-        results["behavior"] = {"algo": f"from dataset {args.dataset}", "steps": 0, "eval_mean": ev["mean"],
-                               "eval_std": ev["std"], "wall_s": 0.0}
+        results["behavior"] = {
+            "algo": f"from dataset {args.dataset}",
+            "steps": 0,
+            "eval_mean": ev["mean"],
+            "eval_std": ev["std"],
+            "wall_s": 0.0,
+        }
     else:
         behavior = train_on_policy(args.env, PPOConfig(), args.behavior_steps, seed=1000, progress=False).policy
         ev = evaluate_policy(behavior, args.env, args.eval_episodes, seed=EVAL_SEED)
-        results["behavior"] = {"algo": "ppo", "steps": args.behavior_steps, "eval_mean": ev["mean"], "eval_std": ev["std"],
-                               "wall_s": time.perf_counter() - t0}
+        results["behavior"] = {
+            "algo": "ppo",
+            "steps": args.behavior_steps,
+            "eval_mean": ev["mean"],
+            "eval_std": ev["std"],
+            "wall_s": time.perf_counter() - t0,
+        }
         t0 = time.perf_counter()
         data = collect(args.env, behavior, args.dataset_steps, seed=0, progress=False)
         if args.save_dataset:
             data.save(args.save_dataset, overwrite=True)
     rets = data.episode_returns(1.0)
-    results["dataset"] = {"steps": int(len(data.rewards)), "episodes": int(data.n_episodes), "mean_return": float(rets.mean()),
-                          "std_return": float(rets.std()), "wall_s": time.perf_counter() - t0}
-    print(f"[data] behaviour {results['behavior']['algo']} {results['behavior']['steps']:,} steps: eval {ev['mean']:,.1f}; dataset {len(data.rewards):,} "
-          f"steps, {data.n_episodes} episodes, mean return {rets.mean():,.1f}", flush=True)
+    results["dataset"] = {
+        "steps": int(len(data.rewards)),
+        "episodes": int(data.n_episodes),
+        "mean_return": float(rets.mean()),
+        "std_return": float(rets.std()),
+        "wall_s": time.perf_counter() - t0,
+    }
+    print(
+        f"[data] behaviour {results['behavior']['algo']} {results['behavior']['steps']:,} steps: "
+        f"eval {ev['mean']:,.1f}; dataset {len(data.rewards):,} "
+        f"steps, {data.n_episodes} episodes, mean return {rets.mean():,.1f}",
+        flush=True,
+    )
     save_json(results, args.out)
     offline = data.transitions()
     hnpg_cfg = apply_overrides(HNPGConfig(), args.hnpg_set)
@@ -99,36 +118,64 @@ def main() -> None:
         for algo in args.algos:
             run = RunDir(os.path.join(tmp, f"{algo}_{seed}"))
             t0 = time.perf_counter()
-            learner = train_on_policy(args.env, hnpg_cfg if algo == "hnpg" else PPOConfig(), args.steps, run=run,
-                                      seed=seed, progress=False, algo=algo, offline=offline if algo == "hnpg" else None)
+            learner = train_on_policy(
+                args.env,
+                hnpg_cfg if algo == "hnpg" else PPOConfig(),
+                args.steps,
+                run=run,
+                seed=seed,
+                progress=False,
+                algo=algo,
+                offline=offline if algo == "hnpg" else None,
+            )
             wall = time.perf_counter() - t0
             curve = curve_of(run)
             final = evaluate_policy(learner.policy, args.env, args.eval_episodes, seed=EVAL_SEED)["mean"]
-            results["runs"].append({"algo": algo, "seed": seed, "steps": curve[-1][0] if curve else args.steps,
-                                    "wall_s": wall, "final_eval_mean": final, "curve": curve})
+            results["runs"].append(
+                {
+                    "algo": algo,
+                    "seed": seed,
+                    "steps": curve[-1][0] if curve else args.steps,
+                    "wall_s": wall,
+                    "final_eval_mean": final,
+                    "curve": curve,
+                }
+            )
             save_json(results, args.out)
-            print(f"[{algo}] seed {seed}: {wall / 60:.1f} min, final eval {final:,.1f}, last training return "
-                  f"{curve[-1][1] if curve else float('nan'):,.1f}", flush=True)
+            print(
+                f"[{algo}] seed {seed}: {wall / 60:.1f} min, final eval {final:,.1f}, last training return "
+                f"{curve[-1][1] if curve else float('nan'):,.1f}",
+                flush=True,
+            )
     report(results)
     print(f"\nwrote {args.out}")
 
 
 def report(results: dict) -> None:
     m, b, d = results["machine"], results["behavior"], results["dataset"]
-    print(f"\n{m['date']} | {m['cpu']}, {m['cores']} cores, {m['threads']} thread(s) | torch {m['torch']}, "
-          f"gymnasium {m['gymnasium']}, mujoco {m['mujoco']}\n`{m['command']}`\n")
-    print(f"Behaviour: {b['algo']} {b['steps']:,} steps, deterministic eval {b['eval_mean']:,.1f}. Dataset: {d['steps']:,} "
-          f"steps, {d['episodes']} episodes, mean return {d['mean_return']:,.1f} ± {d['std_return']:,.1f} (std).\n")
+    print(
+        f"\n{m['date']} | {m['cpu']}, {m['cores']} cores, {m['threads']} thread(s) | torch {m['torch']}, "
+        f"gymnasium {m['gymnasium']}, mujoco {m['mujoco']}\n`{m['command']}`\n"
+    )
+    print(
+        f"Behaviour: {b['algo']} {b['steps']:,} steps, deterministic eval {b['eval_mean']:,.1f}. "
+        f"Dataset: {d['steps']:,} "
+        f"steps, {d['episodes']} episodes, mean return {d['mean_return']:,.1f} ± {d['std_return']:,.1f} (std).\n"
+    )
     marks = np.linspace(args.steps / args.curve_points, args.steps, args.curve_points).astype(int)
-    print("| algo | seeds | " + " | ".join(f"return @ {s:,}" for s in marks) + " | final deterministic eval | wall min |")
+    print(
+        "| algo | seeds | " + " | ".join(f"return @ {s:,}" for s in marks) + " | final deterministic eval | wall min |"
+    )
     print("| --- | --- | " + " | ".join("---" for _ in marks) + " | --- | --- |")
     for algo in args.algos:
         rs = [r for r in results["runs"] if r["algo"] == algo]
         if not rs:
             continue
         cols = [mean_se([at(r["curve"], s) for r in rs]) for s in marks]
-        print(f"| {algo} | {len(rs)} | " + " | ".join(cols) + f" | {mean_se([r['final_eval_mean'] for r in rs])} | "
-              f"{np.mean([r['wall_s'] for r in rs]) / 60:.1f} |")
+        print(
+            f"| {algo} | {len(rs)} | " + " | ".join(cols) + f" | {mean_se([r['final_eval_mean'] for r in rs])} | "
+            f"{np.mean([r['wall_s'] for r in rs]) / 60:.1f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ dataset, after ``--warmup`` untimed updates. Medians over ``--repeats``.
 Side-by-side anchor (same run, alternating): Stable-Baselines3 SAC ``train()`` gradient steps with the
 same batch size and 256x256 networks (a different algorithm of similar cost: actor + twin critics,
 entropy tuning; IQL adds a value net). d3rlpy is not installed here: its IQL figure (d3rlpy 2.8.0,
-update-only, measured 2026-11-21 on a 2-core AMD EPYC VM and recorded in docs/benchmarks.md) is printed as an external reference, not measured side by side.
+update-only, measured 2026-11-21 on a 2-core AMD EPYC VM and recorded in docs/benchmarks.md) is printed as an
+external reference, not measured side by side.
 """
 
 from __future__ import annotations
@@ -34,11 +35,14 @@ OBS_DIM, ACT_DIM = 11, 3  # Hopper-v5
 
 
 def synthetic(n: int, rng: np.random.Generator) -> Transitions:
-    return Transitions(obs=rng.standard_normal((n, OBS_DIM), np.float32),
-                       action=rng.uniform(-1, 1, (n, ACT_DIM)).astype(np.float32),
-                       reward=rng.standard_normal(n, np.float32),
-                       next_obs=rng.standard_normal((n, OBS_DIM), np.float32),
-                       terminated=rng.random(n) < 0.01, truncated=np.zeros(n, bool))
+    return Transitions(
+        obs=rng.standard_normal((n, OBS_DIM), np.float32),
+        action=rng.uniform(-1, 1, (n, ACT_DIM)).astype(np.float32),
+        reward=rng.standard_normal(n, np.float32),
+        next_obs=rng.standard_normal((n, OBS_DIM), np.float32),
+        terminated=rng.random(n) < 0.01,
+        truncated=np.zeros(n, bool),
+    )
 
 
 def iql_runner(args, spaces, data: Transitions):
@@ -49,6 +53,7 @@ def iql_runner(args, spaces, data: Transitions):
     def run(n_steps: int) -> None:
         for i in range(n_steps):
             learner.update(batches[i % len(batches)])
+
     return run
 
 
@@ -56,12 +61,27 @@ def sac_runner(args, env_id: str, rng: np.random.Generator):
     from stable_baselines3 import SAC
     from stable_baselines3.common.logger import configure
 
-    model = SAC("MlpPolicy", gym.make(env_id), batch_size=args.batch, learning_starts=0, buffer_size=20_000,
-                policy_kwargs=dict(net_arch=[256, 256]), device="cpu", seed=0, verbose=0)
+    model = SAC(
+        "MlpPolicy",
+        gym.make(env_id),
+        batch_size=args.batch,
+        learning_starts=0,
+        buffer_size=20_000,
+        policy_kwargs=dict(net_arch=[256, 256]),
+        device="cpu",
+        seed=0,
+        verbose=0,
+    )
     model.set_logger(configure(None, []))
     for _ in range(20_000):
-        model.replay_buffer.add(rng.standard_normal((1, OBS_DIM)), rng.standard_normal((1, OBS_DIM)),
-                                rng.uniform(-1, 1, (1, ACT_DIM)), rng.standard_normal(1), rng.random(1) < 0.01, [{}])
+        model.replay_buffer.add(
+            rng.standard_normal((1, OBS_DIM)),
+            rng.standard_normal((1, OBS_DIM)),
+            rng.uniform(-1, 1, (1, ACT_DIM)),
+            rng.standard_normal(1),
+            rng.random(1) < 0.01,
+            [{}],
+        )
     return lambda n_steps: model.train(gradient_steps=n_steps, batch_size=args.batch)
 
 
@@ -85,7 +105,7 @@ def main() -> None:
     if not args.no_sac:
         runners["SB3 SAC (anchor)"] = sac_runner(args, env_id, rng)
     times: dict = {(name, t): [] for name in runners for t in args.threads}
-    for name, run in runners.items():  # warm-up at every thread count
+    for run in runners.values():  # warm-up at every thread count
         for t in args.threads:
             torch.set_num_threads(t)
             run(args.warmup)
@@ -102,9 +122,15 @@ def main() -> None:
 
     results = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([os.path.relpath(sys.executable), *sys.argv]), "cpu": cpu_model(),
-        "cores": os.cpu_count(), "torch": torch.__version__, "stable_baselines3": stable_baselines3.__version__,
-        "batch": args.batch, "hidden": [256, 256], "steps_per_repeat": args.steps, "repeats": args.repeats,
+        "command": " ".join([os.path.relpath(sys.executable), *sys.argv]),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "stable_baselines3": stable_baselines3.__version__,
+        "batch": args.batch,
+        "hidden": [256, 256],
+        "steps_per_repeat": args.steps,
+        "repeats": args.repeats,
         "steps_per_s": {f"{n} | {t} threads": v for (n, t), v in times.items()},
         "median": {f"{n} | {t} threads": v for (n, t), v in med.items()},
         "external_reference_not_side_by_side": {"d3rlpy 2.8.0 IQL (2026-11-21, 2-core AMD EPYC)": D3RLPY_REFERENCE},
@@ -112,22 +138,34 @@ def main() -> None:
     if not args.no_sac:
         results["ratio_iql_over_sac_median"] = {
             t: statistics.median(a / b for a, b in zip(times[("hybridrl IQL", t)], times[("SB3 SAC (anchor)", t)]))
-            for t in args.threads}
+            for t in args.threads
+        }
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(results, f, indent=1)
-    print(f"\n`{results['command']}` ({results['date']}, {results['cpu']}, {os.cpu_count()} cores, "
-          f"torch {torch.__version__}, SB3 {stable_baselines3.__version__})\n")
-    print("| gradient steps/s (median of %d x %d steps) | %s |" % (args.repeats, args.steps,
-          " | ".join(f"{t} thread{'s' * (t > 1)}" for t in args.threads)))
+    print(
+        f"\n`{results['command']}` ({results['date']}, {results['cpu']}, {os.cpu_count()} cores, "
+        f"torch {torch.__version__}, SB3 {stable_baselines3.__version__})\n"
+    )
+    print(
+        f"| gradient steps/s (median of {args.repeats} x {args.steps} steps) | "
+        + " | ".join(f"{t} thread{'s' * (t > 1)}" for t in args.threads)
+        + " |"
+    )
     print("| --- |" + " --- |" * len(args.threads))
     for name in runners:
         print(f"| {name} | " + " | ".join(f"{med[(name, t)]:.1f}" for t in args.threads) + " |")
     if not args.no_sac:
-        print("| ratio IQL / SAC per repeat, median | " + " | ".join(
-            f"{results['ratio_iql_over_sac_median'][t]:.2f}" for t in args.threads) + " |")
-    print("| d3rlpy 2.8.0 IQL: external reference, NOT measured side by side (2026-11-21, 2-core AMD EPYC) | "
-          + " | ".join(str(D3RLPY_REFERENCE.get(t, "-")) for t in args.threads) + " |")
+        print(
+            "| ratio IQL / SAC per repeat, median | "
+            + " | ".join(f"{results['ratio_iql_over_sac_median'][t]:.2f}" for t in args.threads)
+            + " |"
+        )
+    print(
+        "| d3rlpy 2.8.0 IQL: external reference, NOT measured side by side (2026-11-21, 2-core AMD EPYC) | "
+        + " | ".join(str(D3RLPY_REFERENCE.get(t, "-")) for t in args.threads)
+        + " |"
+    )
     print(f"\nwrote {args.out}")
 
 

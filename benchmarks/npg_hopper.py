@@ -7,7 +7,8 @@ evaluation (10 episodes, reset seeds 10000..10009), wall time and env steps/s. T
 every run.
 
 No installed library provides a TRPO/NPG anchor (sb3-contrib is not installed); Tianshou's published 1M-step
-Hopper returns (TRPO 2,046.0, NPG 1,915.2; MuJoCo v3, ~10 seeds; Tianshou's README benchmark table) are printed as an external
+Hopper returns (TRPO 2,046.0, NPG 1,915.2; MuJoCo v3, ~10 seeds; Tianshou's README benchmark table) are printed
+as an external
 reference, not as a side-by-side measurement.
 """
 
@@ -55,9 +56,20 @@ def run_one(algo: str, env_id: str, seed: int, tmp: str) -> dict:
     ev = evaluate_policy(learner.policy, env_id, args.eval_episodes, seed=EVAL_SEED)
     steps = int(m["step"].max())
     extra = {k: float(np.nanmean(m[k])) for k in ("kl", "line_search_accepted", "cg_residual") if k in m}
-    return {"algo": algo, "env_id": env_id, "seed": seed, "steps": steps, "wall_s": wall, "steps_per_s": steps / wall,
-            "final_eval_mean": ev["mean"], "final_eval_std": ev["std"], "eval_episodes": args.eval_episodes,
-            "train_return_last": curve[-1][1] if curve else None, "curve": curve, "means_over_updates": extra}
+    return {
+        "algo": algo,
+        "env_id": env_id,
+        "seed": seed,
+        "steps": steps,
+        "wall_s": wall,
+        "steps_per_s": steps / wall,
+        "final_eval_mean": ev["mean"],
+        "final_eval_std": ev["std"],
+        "eval_episodes": args.eval_episodes,
+        "train_return_last": curve[-1][1] if curve else None,
+        "curve": curve,
+        "means_over_updates": extra,
+    }
 
 
 def mean_se(xs: list[float]) -> str:
@@ -67,10 +79,14 @@ def mean_se(xs: list[float]) -> str:
 
 def report(results: dict) -> None:
     m = results["machine"]
-    print(f"\n{m['date']} | {m['cpu']}, {m['cores']} cores, {m['threads']} thread(s) | torch {m['torch']}, "
-          f"gymnasium {m['gymnasium']}, mujoco {m['mujoco']}\n`{m['command']}`\n")
-    print("| algo | env | seeds | steps | final deterministic eval (mean ± s.e.) | last training return | "
-          "env steps/s | mean KL per update |")
+    print(
+        f"\n{m['date']} | {m['cpu']}, {m['cores']} cores, {m['threads']} thread(s) | torch {m['torch']}, "
+        f"gymnasium {m['gymnasium']}, mujoco {m['mujoco']}\n`{m['command']}`\n"
+    )
+    print(
+        "| algo | env | seeds | steps | final deterministic eval (mean ± s.e.) | last training return | "
+        "env steps/s | mean KL per update |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     groups: dict = {}
     for r in results["runs"]:
@@ -78,9 +94,11 @@ def report(results: dict) -> None:
     for (algo, env_id, steps), rs in groups.items():
         last = [r["train_return_last"] for r in rs if r["train_return_last"] is not None]
         kl = [r["means_over_updates"]["kl"] for r in rs if "kl" in r["means_over_updates"]]
-        print(f"| {algo} | {env_id} | {len(rs)} | {steps:,} | {mean_se([r['final_eval_mean'] for r in rs])} | "
-              f"{mean_se(last) if last else '-'} | {np.mean([r['steps_per_s'] for r in rs]):,.0f} | "
-              f"{f'{np.mean(kl):.4f}' if kl else '-'} |")
+        print(
+            f"| {algo} | {env_id} | {len(rs)} | {steps:,} | {mean_se([r['final_eval_mean'] for r in rs])} | "
+            f"{mean_se(last) if last else '-'} | {np.mean([r['steps_per_s'] for r in rs]):,.0f} | "
+            f"{f'{np.mean(kl):.4f}' if kl else '-'} |"
+        )
     refs = [f"{a.upper()} {v:,.1f}" for e in args.envs for a, v in TIANSHOU_1M.get(e, {}).items()]
     if refs:
         print(f"\nExternal reference, not side by side: Tianshou, 1M steps, Hopper-v3, ~10 seeds: {', '.join(refs)}.")
@@ -95,8 +113,11 @@ def main() -> None:
                 r = run_one(algo, env_id, seed, tmp)
                 results["runs"].append(r)
                 save_json(results, args.out)
-                print(f"[{algo}] {env_id} seed {seed}: {r['steps']:,} steps in {r['wall_s'] / 60:.1f} min, final "
-                      f"eval {r['final_eval_mean']:,.1f}, last training return {r['train_return_last']}", flush=True)
+                print(
+                    f"[{algo}] {env_id} seed {seed}: {r['steps']:,} steps in {r['wall_s'] / 60:.1f} min, final "
+                    f"eval {r['final_eval_mean']:,.1f}, last training return {r['train_return_last']}",
+                    flush=True,
+                )
     report(results)
     print(f"\nwrote {args.out}")
 

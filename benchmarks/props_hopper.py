@@ -29,8 +29,11 @@ p.add_argument("--eval-every", type=int, default=20_480)
 p.add_argument("--eval-episodes", type=int, default=10)
 p.add_argument("--threads", type=int, default=1)
 p.add_argument("--out", default="benchmarks/results/props_hopper.json")
-p.add_argument("--resume", action="store_true",
-               help="keep the runs already in --out (same env and steps) and only run the missing method x seed pairs")
+p.add_argument(
+    "--resume",
+    action="store_true",
+    help="keep the runs already in --out (same env and steps) and only run the missing method x seed pairs",
+)
 p.add_argument("--plot", default="docs/img/props_hopper.png")
 args = p.parse_args()
 os.environ["OMP_NUM_THREADS"] = str(args.threads)
@@ -44,8 +47,11 @@ from hybridrl.loops.evaluate import evaluate_policy  # noqa: E402
 from hybridrl.loops.props import train_props  # noqa: E402
 
 torch.set_num_threads(args.threads)
-CONFIGS = {"props": PROPSConfig(), "ppo_buffer": PROPSConfig(props=False),
-           "ppo": PROPSConfig(props=False, buffer_batches=1, minibatch_size=64)}
+CONFIGS = {
+    "props": PROPSConfig(),
+    "ppo_buffer": PROPSConfig(props=False),
+    "ppo": PROPSConfig(props=False, buffer_batches=1, minibatch_size=64),
+}
 
 
 def one_run(method: str, seed: int) -> dict:
@@ -61,8 +67,15 @@ def one_run(method: str, seed: int) -> dict:
         return None
 
     train_props(args.env, CONFIGS[method], args.steps, seed=seed, progress=False, callback=evaluate)
-    return {"method": method, "seed": seed, "steps": [s for s, _ in curve], "eval_return": [r for _, r in curve],
-            "final": curve[-1][1], "best": max(r for _, r in curve), "wall_s": time.time() - t0}
+    return {
+        "method": method,
+        "seed": seed,
+        "steps": [s for s, _ in curve],
+        "eval_return": [r for _, r in curve],
+        "final": curve[-1][1],
+        "best": max(r for _, r in curve),
+        "wall_s": time.time() - t0,
+    }
 
 
 def mean_se(x) -> tuple[float, float]:
@@ -100,7 +113,9 @@ def main() -> None:
         with open(args.out) as f:
             old = json.load(f)
         if (old["args"]["env"], old["args"]["steps"]) != (args.env, args.steps):
-            sys.exit(f"{args.out} holds {old['args']['env']} x {old['args']['steps']} steps, not {args.env} x {args.steps}")
+            sys.exit(
+                f"{args.out} holds {old['args']['env']} x {old['args']['steps']} steps, not {args.env} x {args.steps}"
+            )
         results["runs"] = old["runs"]
     done = {(r["method"], r["seed"]) for r in results["runs"]}
     for seed in args.seeds:  # methods alternate within a seed (A B C A B C) on the shared machine
@@ -111,12 +126,17 @@ def main() -> None:
             save_json(results, args.out)  # atomic: a killed run leaves the previous JSON intact
     plot(results["runs"], args.plot)
     print(f"\n`{results['machine']['command']}`\n")
-    print("| method | seeds | final eval return | best eval return (during training) | wall s / run |\n"
-          "| --- | --- | --- | --- | --- |")
+    print(
+        "| method | seeds | final eval return | best eval return (during training) | wall s / run |\n"
+        "| --- | --- | --- | --- | --- |"
+    )
     for method in args.methods:
         rs = [r for r in results["runs"] if r["method"] == method]
-        (f, fs), (b, bs), (w, _) = mean_se([r["final"] for r in rs]), mean_se([r["best"] for r in rs]), mean_se(
-            [r["wall_s"] for r in rs])
+        (f, fs), (b, bs), (w, _) = (
+            mean_se([r["final"] for r in rs]),
+            mean_se([r["best"] for r in rs]),
+            mean_se([r["wall_s"] for r in rs]),
+        )
         print(f"| {method} | {len(rs)} | {f:.1f} ± {fs:.1f} | {b:.1f} ± {bs:.1f} | {w:.0f} |")
 
 

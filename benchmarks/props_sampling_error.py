@@ -28,7 +28,9 @@ p.add_argument("--steps", type=int, default=8192, help="env steps collected per 
 p.add_argument("--measure-every", type=int, default=1024, help="steps between measurements (bandit: / 16)")
 p.add_argument("--se-epochs", type=int, default=250, help="epochs of the maximum-likelihood fit (PPOROS 250)")
 p.add_argument("--props-minibatch-size", type=int, default=256)
-p.add_argument("--pretrain-steps", type=int, default=0, help="PPO steps to train the fixed target first (0 = initial policy)")
+p.add_argument(
+    "--pretrain-steps", type=int, default=0, help="PPO steps to train the fixed target first (0 = initial policy)"
+)
 p.add_argument("--threads", type=int, default=1)
 p.add_argument("--out", default="benchmarks/results/props_sampling_error.json")
 p.add_argument("--plot", default="docs/img/props_sampling_error.png")
@@ -67,8 +69,11 @@ def target_policy(env_id: str, seed: int):
 
         return train_on_policy(env_id, PPOConfig(), args.pretrain_steps, seed=seed, progress=False).policy
     env = make_env(env_id)
-    return make_policy(env.observation_space, env.action_space,
-                       **({} if isinstance(env.action_space, gym.spaces.Discrete) else {"tanh_mean": True}))
+    return make_policy(
+        env.observation_space,
+        env.action_space,
+        **({} if isinstance(env.action_space, gym.spaces.Discrete) else {"tanh_mean": True}),
+    )
 
 
 def config(env_id: str, props: bool, steps: int, m: int) -> PROPSConfig:
@@ -77,8 +82,16 @@ def config(env_id: str, props: bool, steps: int, m: int) -> PROPSConfig:
     if env_id == BANDIT3:
         extra.update(props_lr=1e-2, hidden=(8,), normalize_obs=False)
     n = steps  # one "target batch" = the whole run; 2 of them so the buffer never evicts
-    return PROPSConfig(n_steps=n, buffer_batches=2, props_n_steps=m, minibatch_size=n, props=props,
-                       props_minibatch_size=args.props_minibatch_size, normalize_reward=False, **extra)
+    return PROPSConfig(
+        n_steps=n,
+        buffer_batches=2,
+        props_n_steps=m,
+        minibatch_size=n,
+        props=props,
+        props_minibatch_size=args.props_minibatch_size,
+        normalize_reward=False,
+        **extra,
+    )
 
 
 def one_run(env_id: str, seed: int, props: bool) -> dict:
@@ -102,10 +115,25 @@ def one_run(env_id: str, seed: int, props: bool) -> dict:
         return {"sampling_error": kl}
 
     t0 = time.time()
-    train_props(env_id, config(env_id, props, steps, m), steps, seed=seed, policy=target, freeze_target=True,
-                progress=False, callback=measure)
-    return {"env_id": env_id, "seed": seed, "method": "props" if props else "on_policy", "m": m,
-            "steps": [s for s, _ in curve], "kl": [k for _, k in curve], "wall_s": time.time() - t0}
+    train_props(
+        env_id,
+        config(env_id, props, steps, m),
+        steps,
+        seed=seed,
+        policy=target,
+        freeze_target=True,
+        progress=False,
+        callback=measure,
+    )
+    return {
+        "env_id": env_id,
+        "seed": seed,
+        "method": "props" if props else "on_policy",
+        "m": m,
+        "steps": [s for s, _ in curve],
+        "kl": [k for _, k in curve],
+        "wall_s": time.time() - t0,
+    }
 
 
 def plot(runs: list[dict], path: str) -> None:
@@ -144,12 +172,17 @@ def main() -> None:
     print(f"\n`{results['machine']['command']}`\n")
     print("| env | steps | on-policy KL | PROPS KL | ratio |\n| --- | --- | --- | --- | --- |")
     for env_id in args.envs:
-        by = {m: np.array([r["kl"] for r in results["runs"] if r["env_id"] == env_id and r["method"] == m])
-              for m in ("on_policy", "props")}
+        by = {
+            m: np.array([r["kl"] for r in results["runs"] if r["env_id"] == env_id and r["method"] == m])
+            for m in ("on_policy", "props")
+        }
         steps = next(r["steps"] for r in results["runs"] if r["env_id"] == env_id)
         for j in sorted({0, len(steps) // 2, len(steps) - 1}):
             cells = [f"{by[m][:, j].mean():.2e} ± {by[m][:, j].std(ddof=1) / np.sqrt(len(by[m])):.1e}" for m in by]
-            print(f"| {env_id} | {steps[j]} | {cells[0]} | {cells[1]} | {by['props'][:, j].mean() / by['on_policy'][:, j].mean():.2f} |")
+            print(
+                f"| {env_id} | {steps[j]} | {cells[0]} | {cells[1]} | "
+                f"{by['props'][:, j].mean() / by['on_policy'][:, j].mean():.2f} |"
+            )
 
 
 if __name__ == "__main__":

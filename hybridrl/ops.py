@@ -335,7 +335,8 @@ def approx_kl(logp_new: Tensor, logp_old: Tensor, estimator: str = "k3", mask: T
 
 
 # ------------------------------------------------------------------------------- masked reductions
-def masked_sum(x: Tensor, mask: Tensor | None = None, dim: int | tuple[int, ...] | None = None, keepdim: bool = False) -> Tensor:
+def masked_sum(x: Tensor, mask: Tensor | None = None, dim: int | tuple[int, ...] | None = None,
+               keepdim: bool = False) -> Tensor:
     """Sum of ``x`` over valid entries (``mask`` True), over ``dim`` (default: all).
 
     ``x``: ``[...]`` float; ``mask``: bool, same shape, or None (all valid). Masked-out entries are replaced by
@@ -352,20 +353,23 @@ def _count(x: Tensor, mask: Tensor | None, dim, keepdim: bool) -> Tensor:
     return masked_sum(ones, None, dim, keepdim)
 
 
-def masked_mean(x: Tensor, mask: Tensor | None = None, dim: int | tuple[int, ...] | None = None, keepdim: bool = False) -> Tensor:
+def masked_mean(x: Tensor, mask: Tensor | None = None, dim: int | tuple[int, ...] | None = None,
+                keepdim: bool = False) -> Tensor:
     """Mean of ``x`` over valid entries, over ``dim`` (default: all) = masked_sum / count.
 
     An empty selection (no valid entry in a slice) gives 0, not NaN, so an empty minibatch contributes no loss.
     Shapes as :func:`masked_sum`; raises ShapeError on shape/dtype mismatch.
     """
     _check_mask("masked_mean", x, mask)
-    if mask is None and dim is None and not keepdim and x.numel():  # fast path (PPO minibatches): one op, one backward node
+    # fast path (PPO minibatches): one op, one backward node
+    if mask is None and dim is None and not keepdim and x.numel():
         return x.mean()
     return masked_sum(x, mask, dim, keepdim) / _count(x, mask, dim, keepdim).clamp(min=1)
 
 
 def masked_var(
-    x: Tensor, mask: Tensor | None = None, dim: int | tuple[int, ...] | None = None, unbiased: bool = True, keepdim: bool = False
+    x: Tensor, mask: Tensor | None = None, dim: int | tuple[int, ...] | None = None, unbiased: bool = True,
+    keepdim: bool = False,
 ) -> Tensor:
     """Variance of ``x`` over valid entries, over ``dim`` (default: all).
 
@@ -427,5 +431,6 @@ def polyak_update(
         raise ShapeError(f"polyak_update: {len(tgt)} target parameters but {len(onl)} online parameters")
     for i, (t, o) in enumerate(zip(tgt, onl)):
         if t.shape != o.shape:
-            raise ShapeError(f"polyak_update: parameter {i} has target shape {tuple(t.shape)} but online {tuple(o.shape)}")
+            raise ShapeError(
+                f"polyak_update: parameter {i} has target shape {tuple(t.shape)} but online {tuple(o.shape)}")
         t.lerp_(o, tau)

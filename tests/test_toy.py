@@ -83,7 +83,7 @@ def test_bandit_bad_arguments():
 def test_chain_dynamics_termination_and_truncation():
     env = ChainEnv(n_states=4, slip=0.0, max_steps=5)
     env.reset(seed=0)
-    for t in range(3):
+    for _ in range(3):
         obs, r, term, trunc, info = env.step(1)
     assert term and not trunc and r == 1.0 and info["state"] == 3
     np.testing.assert_array_equal(obs, [0, 0, 0, 1])

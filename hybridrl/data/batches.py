@@ -86,7 +86,8 @@ class Transitions:
                 raise ShapeError(f"Transitions.{name} must have shape [B]={b}, got {tuple(value.shape)}")
         if self.next_obs.shape != self.obs.shape:
             raise ShapeError(
-                f"Transitions.next_obs has shape {tuple(self.next_obs.shape)}; expected obs shape {tuple(self.obs.shape)}"
+                f"Transitions.next_obs has shape {tuple(self.next_obs.shape)}; "
+                f"expected obs shape {tuple(self.obs.shape)}"
             )
 
     def __len__(self) -> int:
@@ -95,7 +96,8 @@ class Transitions:
     def index(self, idx: torch.Tensor | slice) -> Transitions:
         """Return the sub-batch ``idx`` (a LongTensor of rows or a slice)."""
         return Transitions(
-            **{f.name: (None if getattr(self, f.name) is None else getattr(self, f.name)[idx]) for f in dataclasses.fields(self)}
+            **{f.name: (None if getattr(self, f.name) is None else getattr(self, f.name)[idx])
+               for f in dataclasses.fields(self)}
         )
 
 
@@ -153,7 +155,8 @@ class Segments:
             _check(name, getattr(self, name), lead, "Segments")
         for name in ("reward", "terminated", "truncated", "behavior_log_prob", "mask"):
             if getattr(self, name).dim() != 2:
-                raise ShapeError(f"Segments.{name} must have shape [B, T]={lead}, got {tuple(getattr(self, name).shape)}")
+                raise ShapeError(
+                    f"Segments.{name} must have shape [B, T]={lead}, got {tuple(getattr(self, name).shape)}")
         if self.next_obs.shape != self.obs.shape:
             raise ShapeError(
                 f"Segments.next_obs has shape {tuple(self.next_obs.shape)}; expected obs shape {tuple(self.obs.shape)}"

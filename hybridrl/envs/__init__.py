@@ -19,5 +19,8 @@ from hybridrl.envs.make import (
     true_next_obs,
 )
 
+__all__ = ["REFERENCE_SCORES", "RewardScaler", "check_env_matches", "make_env", "make_vec_env",
+           "normalized_score", "true_next_obs"]
+
 if importlib.util.find_spec("hybridrl.envs.toy") is not None:
     importlib.import_module("hybridrl.envs.toy")  # registers the toy envs

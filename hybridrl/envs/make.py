@@ -214,7 +214,8 @@ class RewardScaler:
         self.mean, self.var, self.count = 0.0, 1.0, 1e-4
         self.returns: np.ndarray | None = None
 
-    def __call__(self, reward: np.ndarray | Sequence[float] | float, done: np.ndarray | Sequence[bool] | bool) -> np.ndarray:
+    def __call__(self, reward: np.ndarray | Sequence[float] | float,
+                 done: np.ndarray | Sequence[bool] | bool) -> np.ndarray:
         """Scale rewards ``[N]`` (float64 out); ``done [N]`` is ``terminated | truncated`` of this step.
 
         Raises:
@@ -238,7 +239,8 @@ class RewardScaler:
 
     def _update(self, x: np.ndarray) -> None:
         n = x.shape[0]
-        b_mean, b_var = (float(x[0]), 0.0) if n == 1 else (float(x.mean()), float(x.var()))  # n == 1: skip NumPy reductions
+        # n == 1: skip NumPy reductions
+        b_mean, b_var = (float(x[0]), 0.0) if n == 1 else (float(x.mean()), float(x.var()))
         delta = b_mean - self.mean
         tot = self.count + n
         m2 = self.var * self.count + b_var * n + delta * delta * self.count * n / tot

@@ -81,7 +81,8 @@ def mdpo_off_actor_loss(
         ``(loss, metrics)``; metrics ``actor_loss``, ``kl`` (sample mean of log pi_theta - log pi_k), ``entropy``
         (sample mean of -log pi_theta), ``q_pi`` (mean Q at the policy's actions).
     Raises: ShapeError on mismatched shapes/dtypes; ValueError on a negative coefficient.
-    Source: Tomar et al. (2020/ICLR 2022), the off-policy MDPO actor update; official mdpo_off/mdpo.py (``policy_kl_loss``,
+    Source: Tomar et al. (2020/ICLR 2022), the off-policy MDPO actor update;
+    official mdpo_off/mdpo.py (``policy_kl_loss``,
     reparameterised branch, with tsallis_q = 1).
     """
     _check("mdpo_off_actor_loss", logp=logp, old_logp=old_logp, q=q)

@@ -3,7 +3,8 @@ KL-constrained step size, backtracking line search, and one trust-region step th
 
 The problem solved at every update (TRPO, Schulman et al. 2015, eq. 14; NPG, Kakade 2001):
 
-    maximise  g(theta) = mean[ A * pi_theta(a|s) / pi_old(a|s) ]   s.t.   mean_s KL(pi_old(.|s) || pi_theta(.|s)) <= delta
+    maximise  g(theta) = mean[ A * pi_theta(a|s) / pi_old(a|s) ]
+    s.t.      mean_s KL(pi_old(.|s) || pi_theta(.|s)) <= delta
 
     x     ~= (F + damping I)^-1 grad g          conjugate gradient, F v = Hessian-vector product of the mean KL
     step   = sqrt(2 delta / x^T (F + damping I) x) * x                      (TRPO appendix C)
@@ -63,7 +64,8 @@ def npg_surrogate_loss(
     return loss, metrics
 
 
-def mean_policy_kl(old_dist: Distribution, new_dist: Distribution, mask: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+def mean_policy_kl(old_dist: Distribution, new_dist: Distribution,
+                   mask: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
     """Mean over states of the exact KL(pi_old(.|s) || pi_theta(.|s)) in nats.
 
     Args:
