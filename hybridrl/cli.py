@@ -133,7 +133,7 @@ def inspect_cmd(
     ds = Dataset.load(dataset)
     summary = dataset_summary(ds)
     if plot is not None:
-        plot_return_histogram(ds, plot)
+        plot_return_histogram(ds, plot, overwrite=overwrite)
         summary["histogram"] = str(plot)
     if json_out:
         _emit_json(summary)
