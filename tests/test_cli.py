@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import cli, expect_error
 
 from hybridrl.data.dataset import Dataset
 from hybridrl.runs import read_metrics
@@ -24,22 +25,6 @@ pytestmark = pytest.mark.subprocess
 
 TINY_PPO = ["--set", "n_steps=256", "--set", "minibatch_size=128", "--set", "n_epochs=2"]
 
-
-def cli(*args, cwd=None, check=True, env_extra=None):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    proc = subprocess.run([sys.executable, "-m", "hybridrl.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=300)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
-    return proc
-
-
-def expect_error(proc, *fragments):
-    assert proc.returncode == 2, (proc.returncode, proc.stderr)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    text = " ".join(proc.stderr.split())
-    for f in fragments:
-        assert f in text, (f, proc.stderr)
 
 
 @pytest.fixture(scope="module")

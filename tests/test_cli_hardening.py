@@ -14,30 +14,15 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_helpers import ENV, cli, expect_error
 
 from hybridrl.runs import read_metrics
 
 pytestmark = pytest.mark.subprocess
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 PPO_LONG = ["train", "ppo", "--env", "CartPole-v1", "--steps", "200000", "--set", "n_steps=256",
             "--set", "minibatch_size=128", "--set", "n_epochs=1", "--eval-episodes", "1"]
 
-
-def cli(*args, check=True, timeout=300):
-    proc = subprocess.run([sys.executable, "-m", "hybridrl.cli", *map(str, args)], capture_output=True, text=True,
-                          env=ENV, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
-    return proc
-
-
-def expect_error(proc, *fragments):
-    assert proc.returncode == 2, (proc.returncode, proc.stderr)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    text = " ".join(proc.stderr.split())
-    for f in fragments:
-        assert f in text, (f, proc.stderr)
 
 
 def start(*args) -> subprocess.Popen:
