@@ -34,7 +34,8 @@ from hybridrl.ops import discounted_returns, explained_variance, gae, normalize
 
 @dataclass(frozen=True)
 class HNPGConfig:
-    """HNPG hyperparameters; defaults from the official code (ALGORITHMS.md sec. 2c) unless noted.
+    """HNPG hyperparameters; defaults from the official code (arXiv:2311.08384;
+    github.com/YifeiZhou02/HNPG) unless noted.
 
     Attributes:
         max_kl, damping, cg_iters, cg_residual_tol, line_search, max_backtracks, accept_ratio, kl_factor: the

@@ -31,7 +31,8 @@ from hybridrl.ops import explained_variance, normalize
 
 @dataclass(frozen=True)
 class NPGConfig:
-    """NPG/TRPO hyperparameters; defaults from the pytorch-trpo lineage used by HNPG (ALGORITHMS.md sec. 12b).
+    """NPG/TRPO hyperparameters; defaults from the pytorch-trpo lineage used by HNPG
+    (TRPO: Schulman et al. 2015, arXiv:1502.05477).
 
     Attributes:
         max_kl: trust-region size delta (nats, > 0): the step satisfies 0.5 s^T F s = delta.

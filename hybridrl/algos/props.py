@@ -223,7 +223,8 @@ class PROPSLearner:
 
         pi_theta is evaluated once on the batch and each minibatch takes the rows of *its own* samples, so the KL
         term is the full per-state KL between pi_phi and pi_theta at exactly the sampled states (PPOROS's discrete
-        code used probabilities of the unsliced buffer and a one-sample KL; ALGORITHMS.md section 1(e)).
+        code used probabilities of the unsliced buffer and a one-sample KL;
+        see docs/algorithms/props.md, implementation detail 1).
 
         Returns metrics prefixed ``behavior_``: the loss terms and ratio statistics averaged over the minibatch
         steps taken, ``behavior_minibatches``, ``behavior_epochs`` (started before any early stop) and

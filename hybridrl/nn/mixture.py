@@ -8,7 +8,8 @@ state-independent ``log_std [K, A]`` parameter). The router is a linear layer on
 features, as in the official rlkit-pmoe (policies.py:103), so it never shapes the trunk. With ``squash=True``
 each expert is a tanh-Gaussian scaled to the box (SAC); with ``squash=False`` a plain Gaussian (PPO).
 
-How PMOE trains it (ALGORITHMS.md §7, official PMOEsac.py): every expert draws one reparameterised action
+How PMOE trains it (Ren et al. 2021, arXiv:2104.09122; official PMOEsac.py): every expert draws one
+reparameterised action
 (:meth:`GaussianMixturePolicy.expert_sample`), the critic scores them, only the best expert k* is
 back-propagated through its own density and the router regresses onto ``onehot(k*)``
 (:func:`hybridrl.losses.sac.pmoe_actor_loss`, :func:`hybridrl.losses.sac.pmoe_router_loss`). PPO uses the
