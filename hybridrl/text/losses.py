@@ -347,3 +347,14 @@ def _pair_metrics(loss: Tensor, h: Tensor, coef: float) -> dict[str, float]:
     with torch.no_grad():
         return {"policy_loss": float(loss), "margin": float(h.mean()), "pair_accuracy": float((h > 0).float().mean()),
                 "reward_margin": float(coef * h.mean())}
+
+
+def sft_loss(logp: Tensor, mask: Tensor, *, aggregation: str = "token-mean", weight: Tensor | None = None
+             ) -> tuple[Tensor, dict[str, float]]:
+    """Supervised fine-tuning (negative log-likelihood of the completions): ℓ = −w · log pi(y_t|·), aggregated.
+    ``weight [B]`` (e.g. 1[R > 0] for positive-only training, i.e. filtered behaviour cloning / RAFT) defaults to 1."""
+    _check("sft_loss", mask, logp=logp)
+    w = torch.ones(mask.shape[0], dtype=logp.dtype) if weight is None else weight.to(logp.dtype).detach()
+    _rows("sft_loss", mask, weight=w)
+    loss = aggregate(-w[:, None] * logp, mask, aggregation)
+    return loss, {"policy_loss": float(loss.detach()), "nll": float(aggregate(-logp.detach(), mask, "token-mean"))}
