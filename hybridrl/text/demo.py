@@ -21,7 +21,8 @@ from hybridrl.text.batch import SequenceBatch, pad_sequences
 @dataclass(frozen=True)
 class DemoSettings:
     """Budget of the demo. ``max_operand``: operands 0..max_operand; ``teacher_error``: fraction of wrong SFT
-    answers; ``sft_steps`` / ``rl_steps``: updates; ``corpus_prompts``: prompts in the logged corpus (× group 4)."""
+    answers; ``sft_steps`` / ``rl_steps``: updates; ``corpus_prompts``: prompts in the logged corpus (× group 4);
+    ``rl_lr`` / ``pair_lr``: AdamW learning rates of the policy-gradient and the DPO learners."""
 
     max_operand: int = 19
     teacher_error: float = 0.4
@@ -33,6 +34,8 @@ class DemoSettings:
     eval_every: int = 10
     eval_problems: int = 200
     hidden: int = 64
+    rl_lr: float = 3e-4
+    pair_lr: float = 1e-4
     seed: int = 0
 
 
@@ -122,7 +125,7 @@ def run_demo(out: str | os.PathLike, settings: DemoSettings = DemoSettings(), ov
                "corpus_correct": float((corpus.reward > 0).float().mean()), "runs": {}}
     for name, data, algo, overrides in METHODS:
         spec = get_algo(algo)
-        cfg = spec.config_cls(model=str(sft_dir), lr=1e-3 if algo == "text_pg" else 1e-4,
+        cfg = spec.config_cls(model=str(sft_dir), lr=s.rl_lr if algo == "text_pg" else s.pair_lr,
                               batch_prompts=s.batch_prompts, group_size=s.group_size, eval_every=s.eval_every,
                               eval_problems=s.eval_problems)
         cfg = replace(cfg, **overrides)
@@ -135,7 +138,8 @@ def run_demo(out: str | os.PathLike, settings: DemoSettings = DemoSettings(), ov
         final = curve[-1]
         tps = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r]
         results["runs"][name] = {"data": data, "algo": algo, "config": overrides, "curve": curve,
-                                 "accuracy": final[1], "well_formed": final[2], "best_accuracy": max(c[1] for c in curve),
+                                 "accuracy": final[1], "well_formed": final[2],
+                                 "best_accuracy": max(c[1] for c in curve),
                                  "seconds": time.perf_counter() - t0, "train_tokens_per_s": tps[-1] if tps else 0.0}
         log(f"{name:34s} accuracy {final[1]:.3f}  well-formed {final[2]:.3f}  [{time.perf_counter() - t_start:.0f} s]")
     results["seconds"] = time.perf_counter() - t_start
@@ -167,7 +171,8 @@ def _write_report(out: Path, results: dict) -> None:
         f"Logged corpus: {results['corpus_rows']} completions of the SFT policy at T = 1 "
         f"({results['corpus_correct']:.2f} correct).",
         f"Every learner: {s['rl_steps']} updates of {s['batch_prompts']} prompts × {s['group_size']} completions, from "
-        f"the SFT weights; greedy evaluation on {s['eval_problems']} held-out problems. Total {results['seconds']:.0f} s.",
+        f"the SFT weights; greedy evaluation on {s['eval_problems']} held-out problems. "
+        f"Total {results['seconds']:.0f} s.",
         "", "| method | data | final accuracy | best accuracy | well-formed | Δ accuracy vs start | seconds |",
         "|---|---|---|---|---|---|---|",
     ]

@@ -243,7 +243,8 @@ def _preset(name: str, base: type, **defaults):
     from dataclasses import field, make_dataclass
 
     return make_dataclass(name, [(k, type(v), field(default=v)) for k, v in defaults.items()], bases=(base,),
-                          frozen=True, namespace={"__module__": __name__, "__doc__": f"{base.__name__} with {defaults}"})
+                          frozen=True, namespace={"__module__": __name__,
+                                                    "__doc__": f"{base.__name__} with {defaults}"})
 
 
 GRPOConfig = _preset("GRPOConfig", TextPGConfig, loss="grpo")

@@ -190,10 +190,13 @@ def grpo_loss(logp: Tensor, behavior_logp: Tensor, reward: Tensor, group: Tensor
 
 
 def rloo_loss(logp: Tensor, behavior_logp: Tensor, reward: Tensor, group: Tensor, mask: Tensor, *,
-              aggregation: str = "seq-sum", clip: float = 0.2, ref_logp: Tensor | None = None, kl_coef: float = 0.05
+              aggregation: str = "seq-mean-token-mean", clip: float = 0.2, ref_logp: Tensor | None = None,
+              kl_coef: float = 0.05
               ) -> tuple[Tensor, dict[str, float]]:
     """RLOO: sequence reward R − β Σ_t (log mu − log pi_ref) (β = ``kl_coef``; when ``ref_logp`` is given),
     leave-one-out baseline, sequence-level PPO-clip (TRL ``RLOOTrainer``: ratio exp(Σ_t log pi − log mu), clip 0.2).
+    The sequence ratio sits on every token, so the default ``"seq-mean-token-mean"`` counts each sequence once
+    (``"seq-sum"`` would weight a sequence by its length).
     Source: Ahmadian et al. (2024) eq. 7 (arXiv 2402.14740); Kool et al. (2019)."""
     _rows("rloo_loss", mask, reward=reward, group=group)
     r = reward

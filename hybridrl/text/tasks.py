@@ -48,7 +48,7 @@ class AdditionTask:
         return int(left), int(right)
 
     def score(self, prompt: str, completion: str, finished: bool) -> tuple[float, bool]:
-        """``(reward, well_formed)`` of a decoded completion (special tokens stripped); ``finished`` = ended with EOS."""
+        """``(reward, well_formed)`` of a decoded completion (EOS stripped); ``finished`` = it ended with EOS."""
         well = finished and 1 <= len(completion) <= 3 and completion.isdigit()
         correct = well and completion == self.answer(*self.parse(prompt))
         if self.reward_scale == "pm1":
