@@ -204,3 +204,19 @@ def test_train_verb_online_then_resume_and_corpus(model_dir, tmp_path):
     run = train("topr", tmp_path / "corpus", 3, dataset=str(corpus), overrides=sets, progress=False,
                 eval_episodes=0)
     assert list(read_metrics(run.metrics_csv)["step"]) == [0, 1, 2, 3]
+
+
+@pytest.mark.slow
+def test_text_demo_quick_writes_its_report(tmp_path):
+    from typer.testing import CliRunner
+
+    from hybridrl.cli import app
+
+    out = tmp_path / "demo"
+    r = CliRunner().invoke(app, ["text", "demo", "--quick", "--out", str(out)])
+    assert r.exit_code == 0, r.output[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["runs"]) == 10 and (out / "curves.png").stat().st_size > 0
+    assert "| corpus: TOPR | corpus |" in (out / "report.md").read_text()
+    r = CliRunner().invoke(app, ["text", "evaluate", "--model", str(out / "sft"), "--problems", "8"])
+    assert r.exit_code == 0 and set(json.loads(r.output.strip().splitlines()[-1])) == {"accuracy", "well_formed"}

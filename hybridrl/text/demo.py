@@ -39,7 +39,7 @@ class DemoSettings:
     seed: int = 0
 
 
-QUICK = DemoSettings(sft_steps=30, rl_steps=4, corpus_prompts=32, eval_every=2, eval_problems=40)
+QUICK = DemoSettings(sft_steps=5, rl_steps=2, corpus_prompts=8, batch_prompts=4, eval_every=2, eval_problems=8)
 """A seconds-long budget for tests (numbers mean nothing)."""
 
 METHODS = [
