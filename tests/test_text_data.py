@@ -149,6 +149,8 @@ def test_corpus_round_trip_and_errors(policy, model_dir, tmp_path, ext):
     ("grpo", {"kl_coef": 0.04}), ("rloo", {}), ("topr", {}), ("dpo", {}),
     ("text_pg", {"loss": "reinforce", "correction": "truncate"}), ("text_pg", {"loss": "reinforce_pp"}),
     ("text_pg", {"loss": "asymre"}), ("text_pg", {"loss": "opmd"}), ("text_pg", {"loss": "sft_positive"}),
+    ("text_pg", {"loss": "bapo"}), ("text_pg", {"loss": "alol"}), ("text_pair", {"loss": "copg"}),
+    ("text_pair", {"loss": "ipo"}),
 ])
 def test_text_learner_contract(model_dir, tmp_path, algo, overrides):
     from dataclasses import replace

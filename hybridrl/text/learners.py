@@ -2,8 +2,8 @@
 
 - :class:`TextPGLearner` (``text_pg``; presets ``grpo``, ``rloo``, ``topr``): one policy-gradient learner with the
   loss as a setting: ``grpo``, ``rloo``, ``reinforce_pp``, ``reinforce`` (with ``correction``), ``topr``, ``asymre``,
-  ``opmd``, ``sft``, ``sft_positive``;
-- :class:`PairLearner` (``text_pair``; preset ``dpo``): DPO / IPO on (chosen, rejected) pairs formed inside each
+  ``opmd``, ``bapo``, ``alol``, ``sft``, ``sft_positive``;
+- :class:`PairLearner` (``text_pair``; preset ``dpo``): DPO / IPO / CoPG on (chosen, rejected) pairs formed inside each
   group of a :class:`SequenceBatch` (highest vs lowest reward; ties skipped).
 
 Both expose ``policy`` (a :class:`CausalLMPolicy`), ``update(SequenceBatch) -> dict[str, float]``, ``state_dict()``
@@ -19,10 +19,12 @@ import torch
 from hybridrl.algos import check_config, gradient_step, register
 from hybridrl.errors import ConfigError
 from hybridrl.text import losses as L
+from hybridrl.text import losses_extra as X
 from hybridrl.text.batch import SequenceBatch
 
-PG_LOSSES = ("grpo", "rloo", "reinforce_pp", "reinforce", "topr", "asymre", "opmd", "sft", "sft_positive")
-PAIR_LOSSES = ("dpo", "ipo")
+PG_LOSSES = ("grpo", "rloo", "reinforce_pp", "reinforce", "topr", "asymre", "opmd", "bapo", "alol", "sft",
+             "sft_positive")
+PAIR_LOSSES = ("dpo", "ipo", "copg")
 _LOOP = "hybridrl.text.loops:train_text"
 
 
@@ -85,8 +87,8 @@ class TextPGConfig(TextLoopConfig):
 
 @dataclass(frozen=True)
 class PairConfig(TextLoopConfig):
-    """DPO / IPO settings: loss "dpo" (β = ``beta``, sequence log-prob sums) or "ipo" (τ = ``beta``, per-token mean
-    log-probs as in TRL). Defaults: β = 0.1 (DPO paper, TRL)."""
+    """DPO / IPO / CoPG settings: loss "dpo" (β = ``beta``, sequence log-prob sums), "ipo" (τ = ``beta``, per-token
+    mean log-probs as in TRL) or "copg" (β = ``beta``, rewards of the pair). Defaults: β = 0.1 (DPO paper, TRL)."""
 
     loss: str = "dpo"
     beta: float = 0.1
@@ -161,7 +163,7 @@ class TextPGLearner(_TextLearner):
     config: TextPGConfig
 
     def _needs_reference(self) -> bool:
-        return self.config.kl_coef > 0
+        return self.config.kl_coef > 0 or self.config.loss == "alol"
 
     def update(self, batch: SequenceBatch) -> dict[str, float]:
         c = self.config
@@ -188,6 +190,12 @@ class TextPGLearner(_TextLearner):
             loss, m = L.topr_loss(logp, mu, r, mask, baseline=c.reward_baseline, **agg)
         elif c.loss == "asymre":
             loss, m = L.asymre_loss(logp, r, g, mask, delta=c.delta, **agg)
+        elif c.loss == "bapo":
+            adv = L.group_advantages(r, g, "mean", c.scale)
+            loss, m = X.bapo_loss(logp, mu, adv, mask, **agg)
+        elif c.loss == "alol":  # A = R − group mean of the logged rewards (a Monte-Carlo V(x), no value head)
+            adv = L.group_advantages(r, g, "mean", "none")
+            loss, m = X.alol_loss(logp, self._ref_logp(batch), adv, mask)
         elif c.loss == "opmd":
             loss, m = L.opmd_loss(logp, r, g, mask, ref_logp=ref, kl_coef=c.kl_coef, **agg)
         else:  # sft / sft_positive
@@ -197,7 +205,7 @@ class TextPGLearner(_TextLearner):
 
 
 class PairLearner(_TextLearner):
-    """DPO / IPO on pairs built inside each group of a :class:`SequenceBatch`: chosen = the highest-reward row,
+    """DPO / IPO / CoPG on pairs built inside each group of a :class:`SequenceBatch`: chosen = the highest-reward row,
     rejected = the lowest; groups whose rewards are all equal give no pair. Reference log-probs come from
     ``batch.ref_logp`` or the policy's reference model (base under the disabled LoRA adapter, or a frozen copy)."""
 
@@ -228,7 +236,11 @@ class PairLearner(_TextLearner):
         mask = batch.completion_mask
         logp, ref = self._logp(batch), self._ref_logp(batch)
         seq, seq_ref = L.sequence_logp(logp, mask), L.sequence_logp(ref, mask)
-        if c.loss == "ipo":  # TRL: length-normalised log-probs
+        if c.loss == "copg":  # rows interleaved (chosen_k, rejected_k)
+            order = torch.stack([torch.arange(n), torch.arange(n) + n], 1).flatten()
+            loss, m = X.copg_loss(logp[order], ref[order], batch.reward[order].to(logp.device), mask[order],
+                                  beta=c.beta)
+        elif c.loss == "ipo":  # TRL: length-normalised log-probs
             length = mask.sum(1).clamp(min=1)
             seq, seq_ref = seq / length, seq_ref / length
             loss, m = L.ipo_loss(seq[:n], seq[n:], seq_ref[:n], seq_ref[n:], tau=c.beta)
@@ -259,7 +271,7 @@ for _name, _cfg, _build, _summary in [
     ("grpo", GRPOConfig, _pg, "GRPO on a causal LM (group advantages, PPO-clip)"),
     ("rloo", RLOOConfig, _pg, "RLOO on a causal LM (leave-one-out baseline)"),
     ("topr", TOPRConfig, _pg, "TOPR on a causal LM (tapered off-policy REINFORCE)"),
-    ("text_pair", PairConfig, _pair, "DPO / IPO on within-group pairs of a causal LM"),
+    ("text_pair", PairConfig, _pair, "DPO / IPO / CoPG on within-group pairs of a causal LM"),
     ("dpo", DPOConfig, _pair, "DPO on a causal LM"),
 ]:
     register(_name, _cfg, build=_build, loop=_LOOP, inputs="text", action_spaces=(), summary=_summary)
