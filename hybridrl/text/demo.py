@@ -26,7 +26,7 @@ class DemoSettings:
 
     max_operand: int = 19
     teacher_error: float = 0.4
-    sft_steps: int = 200
+    sft_steps: int = 600
     rl_steps: int = 60
     corpus_prompts: int = 512
     group_size: int = 4

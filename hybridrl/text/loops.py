@@ -68,7 +68,8 @@ def fit(learner: Any, steps: int, *, task=None, corpus: SequenceBatch | None = N
                             group_offset=step * c.batch_prompts)
             replay.append(fresh)
             batch = fresh if len(replay) == 1 else concat(list(replay), learner.policy.pad_id)
-            extra = {"train/reward": float(fresh.reward.mean())}
+            extra = {"train/reward": float(fresh.reward.mean()),
+                     "train/staleness": float(step - batch.policy_version.float().mean())}
         metrics = learner.update(batch)
         tokens += int(batch.completion_mask.sum() + batch.prompt_mask.sum())
         if bad := nonfinite_keys(metrics):
