@@ -206,6 +206,14 @@ def test_train_verb_online_then_resume_and_corpus(model_dir, tmp_path):
     run = train("topr", tmp_path / "corpus", 3, dataset=str(corpus), overrides=sets, progress=False,
                 eval_episodes=0)
     assert list(read_metrics(run.metrics_csv)["step"]) == [0, 1, 2, 3]
+    from typer.testing import CliRunner
+
+    from hybridrl.cli import app
+
+    r = CliRunner().invoke(app, ["text", "sft", "--model", str(model_dir), "--corpus", str(corpus), "--out",
+                                 str(tmp_path / "sft"), "--steps", "2", "--set", "eval_problems=4"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "sft" / "model" / "model.safetensors").is_file()
 
 
 @pytest.mark.slow

@@ -99,3 +99,21 @@ def evaluate_cmd(
     t = make_task(task)
     policy = CausalLMPolicy.load(model, device=device, reference=False)
     typer.echo(json.dumps(evaluate(policy, t, t.problems(problems, np.random.default_rng(seed)))))
+
+
+@app.command("sft")
+def sft_cmd(
+    model: Path = typer.Option(..., "--model", help="Local model directory (safetensors + tokenizer)."),
+    corpus: Path = typer.Option(..., "--corpus", help="Demonstrations: a logged corpus (rewards ignored)."),
+    out: Path = typer.Option(..., "--out", help="Run directory; the fine-tuned model is <out>/model."),
+    steps: int = typer.Option(..., "--steps", min=1),
+    positive_only: bool = typer.Option(False, "--positive-only", help="Only rows with reward > 0 (filtered BC)."),
+    set_: list[str] = typer.Option([], "--set", help="Config override key=value (repeatable)."),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+) -> None:
+    """Supervised fine-tuning (NLL of the completions) on a corpus: ``text_pg`` with loss=sft (or sft_positive)."""
+    from hybridrl.loops.train import train
+
+    loss = "sft_positive" if positive_only else "sft"
+    train("text_pg", out, steps, dataset=str(corpus), overrides=[f"model={model}", f"loss={loss}", *set_],
+          overwrite=overwrite, eval_episodes=0)
