@@ -179,6 +179,18 @@ def test_text_learner_contract(model_dir, tmp_path, algo, overrides):
     assert m1["loss"] == pytest.approx(m2["loss"], rel=1e-5)
 
 
+def test_chord_adds_the_weighted_sft_term_on_expert_data(model_dir):
+    from hybridrl.algos import get_algo
+
+    spec = get_algo("grpo")
+    learner = spec.make(spec.config_cls(model=str(model_dir), chord_mu=0.5, chord_mu_valley=0.1, chord_decay=2), seed=0)
+    batch = _rollout(learner.policy, n=2, group=2).replace(reward=torch.tensor([1.0, -1.0, 1.0, -1.0]))
+    m0 = learner.update(batch, expert=batch)
+    m1 = learner.update(batch, expert=batch)
+    assert m0["chord_mu"] == pytest.approx(0.5) and m1["chord_mu"] == pytest.approx(0.3) and m0["sft_loss"] > 0
+    assert learner.state_dict()["updates"] == 2
+
+
 @pytest.mark.subprocess
 def test_text_learners_are_registered_and_hybridrl_does_not_import_transformers():
     code = ("import sys, hybridrl.algos as a, hybridrl.cli; names = a.algo_names(); "

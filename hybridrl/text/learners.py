@@ -59,7 +59,10 @@ class TextPGConfig(TextLoopConfig):
     loss: one of :data:`PG_LOSSES`. aggregation: "" = the loss's own default (see :mod:`hybridrl.text.losses`).
     clip: PPO ε. correction / max_ratio / ratio_level: off-policy correction of ``reinforce``. baseline / scale:
     group advantages of ``reinforce``. delta: AsymRE baseline shift; reward_baseline: TOPR's c. kl_coef: β to the
-    reference (needs one: a frozen copy, or the base under LoRA).
+    reference (needs one: a frozen copy, or the base under LoRA). chord_mu > 0: CHORD — every update that gets an
+    ``expert`` batch adds μ(step)·SFT on it, μ from :func:`~hybridrl.text.losses_extra.chord_weight` (peak
+    ``chord_mu``, valley ``chord_mu_valley``, −1 = the peak; ``chord_warmup``/``chord_decay`` updates), weighted by
+    p(1 − p) per token when ``chord_phi`` (Trinity-RFT defaults: μ = 0.1 constant, φ on).
     """
 
     loss: str = "grpo"
@@ -73,6 +76,11 @@ class TextPGConfig(TextLoopConfig):
     delta: float = -0.1
     reward_baseline: float = 0.0
     kl_coef: float = 0.0
+    chord_mu: float = 0.0
+    chord_mu_valley: float = -1.0
+    chord_warmup: int = 0
+    chord_decay: int = 0
+    chord_phi: bool = True
 
     def __post_init__(self) -> None:
         if self.loss not in PG_LOSSES:
@@ -82,7 +90,8 @@ class TextPGConfig(TextLoopConfig):
         if self.aggregation and self.aggregation not in L.AGGREGATIONS:
             raise ConfigError(f"TextPGConfig.aggregation={self.aggregation!r}; expected '' or one of {L.AGGREGATIONS}")
         _check_loop(self)
-        check_config(self, clip=(0.0, None), max_ratio=(1e-6, None), kl_coef=(0.0, None))
+        check_config(self, clip=(0.0, None), max_ratio=(1e-6, None), kl_coef=(0.0, None), chord_mu=(0.0, 1.0),
+                     chord_warmup=(0, None), chord_decay=(0, None))
 
 
 @dataclass(frozen=True)
@@ -124,6 +133,7 @@ class _TextLearner:
         self.config = config
         self.policy = policy if policy is not None else _load_policy(config, self._needs_reference())
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=config.lr, weight_decay=0.0)
+        self.updates = 0
 
     def _needs_reference(self) -> bool:
         return False
@@ -165,9 +175,29 @@ class TextPGLearner(_TextLearner):
     def _needs_reference(self) -> bool:
         return self.config.kl_coef > 0 or self.config.loss == "alol"
 
-    def update(self, batch: SequenceBatch) -> dict[str, float]:
+    def update(self, batch: SequenceBatch, expert: SequenceBatch | None = None) -> dict[str, float]:
+        """One gradient step on ``batch``; ``expert`` (demonstrations) adds CHORD's SFT term when chord_mu > 0."""
         c = self.config
         batch = batch.to(self.policy.device)
+        loss, m = self._pg_loss(batch)
+        self.updates += 1
+        if expert is not None and c.chord_mu > 0:
+            expert = expert.to(self.policy.device)
+            valley = c.chord_mu if c.chord_mu_valley < 0 else c.chord_mu_valley
+            mu_s = X.chord_weight(self.updates - 1, c.chord_mu, valley, c.chord_warmup, c.chord_decay)
+            loss, extra = X.chord_loss(loss, self._logp(expert), expert.completion_mask, mu_s, phi=c.chord_phi)
+            m.update(extra)
+        return self._step(loss, m)
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.updates = int(state.get("updates", 0))
+
+    def _pg_loss(self, batch: SequenceBatch):
+        c = self.config
         logp = self._logp(batch)
         mask = batch.completion_mask
         mu = batch.behavior_logp if batch.behavior_logp is not None else logp.detach()
@@ -201,7 +231,7 @@ class TextPGLearner(_TextLearner):
         else:  # sft / sft_positive
             weight = (r > 0).float() if c.loss == "sft_positive" else None
             loss, m = L.sft_loss(logp, mask, weight=weight, **agg)
-        return self._step(loss, m)
+        return loss, m
 
 
 class PairLearner(_TextLearner):

@@ -32,7 +32,8 @@ def fit(learner: Any, steps: int, *, task=None, corpus: SequenceBatch | None = N
         loop_state: dict | None = None) -> list[dict[str, float]]:
     """Train ``learner`` for ``steps`` updates from ``start``: on ``corpus`` (``batch_prompts`` groups per update) or,
     without one, on completions of ``task`` sampled now (``group_size`` per prompt; each update uses the last
-    ``replay`` generations, so ``replay=1`` is on-policy). Evaluates greedily on ``eval_problems`` every
+    ``replay`` generations, so ``replay=1`` is on-policy); with both and ``chord_mu > 0`` (CHORD) it generates online
+    and passes ``batch_prompts`` groups of the corpus as the expert batch. Evaluates greedily on ``eval_problems`` every
     ``eval_every`` updates (``eval/accuracy``, ``eval/well_formed``) and at the end.
 
     Returns the logged rows. Raises DivergenceError on a non-finite metric (after the last ``save``).
@@ -47,6 +48,9 @@ def fit(learner: Any, steps: int, *, task=None, corpus: SequenceBatch | None = N
         gen.set_state(loop_state["gen"])
     if corpus is None and task is None:
         raise ConfigError("fit: give a corpus (fixed-data training) or a task (online generation)")
+    chord = getattr(c, "chord_mu", 0.0) > 0 and corpus is not None  # online RL + SFT on the corpus (CHORD)
+    if chord and task is None:
+        raise ConfigError("CHORD (chord_mu > 0) generates online: give a task (--env/--task) as well as the corpus")
     replay: deque[SequenceBatch] = deque(maxlen=c.replay)
     rows: list[dict[str, float]] = []
 
@@ -59,10 +63,13 @@ def fit(learner: Any, steps: int, *, task=None, corpus: SequenceBatch | None = N
         emit(0, {f"eval/{k}": v for k, v in evaluate(learner.policy, task, eval_problems).items()})
     t0, tokens = time.perf_counter(), 0
     for step in range(start + 1, steps + 1):
-        if corpus is not None:
+        expert = None
+        if corpus is not None and not chord:
             batch = sample_groups(corpus, c.batch_prompts, rng)
             extra: dict[str, float] = {}
         else:
+            if chord:
+                expert = sample_groups(corpus, c.batch_prompts, rng)
             problems = task.problems(c.batch_prompts, rng)
             fresh = rollout(learner.policy, task, problems, c.group_size, c.temperature, gen, version=step,
                             group_offset=step * c.batch_prompts)
@@ -70,7 +77,7 @@ def fit(learner: Any, steps: int, *, task=None, corpus: SequenceBatch | None = N
             batch = fresh if len(replay) == 1 else concat(list(replay), learner.policy.pad_id)
             extra = {"train/reward": float(fresh.reward.mean()),
                      "train/staleness": float(step - batch.policy_version.float().mean())}
-        metrics = learner.update(batch)
+        metrics = learner.update(batch) if expert is None else learner.update(batch, expert=expert)
         tokens += int(batch.completion_mask.sum() + batch.prompt_mask.sum())
         if bad := nonfinite_keys(metrics):
             raise DivergenceError(f"text training diverged at step {step}: non-finite {bad[:5]}; the last good "
