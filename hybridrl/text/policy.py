@@ -98,10 +98,10 @@ class CausalLMPolicy:
         _quiet()
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        kw = {} if dtype == "float32" else {"dtype": getattr(torch, dtype)}  # `torch_dtype` before transformers 4.56
         try:
             tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-            model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, use_safetensors=True,
-                                                         dtype=getattr(torch, dtype))
+            model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, use_safetensors=True, **kw)
         except (OSError, ValueError) as e:
             raise PolicyError(f"cannot load the causal LM in {path}: {e}") from None
         if tok.pad_token_id is None:
@@ -114,8 +114,7 @@ class CausalLMPolicy:
                                                      target_modules="all-linear"))
             ref = "adapter" if reference else None
         elif reference:
-            ref = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, use_safetensors=True,
-                                                       dtype=getattr(torch, dtype))
+            ref = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, use_safetensors=True, **kw)
             ref.requires_grad_(False).eval()
         policy = cls(model, tok, ref, device)
         policy.path = path
