@@ -260,6 +260,9 @@ def demo_cmd(
     run_demo(out, overwrite=overwrite)
 
 
+from hybridrl.text.cli import app as _text_app  # noqa: E402, I001  (the `hybridrl text ...` sub-app)
+app.add_typer(_text_app, name="text")
+
 def _on_signal(signum, frame) -> None:
     _state["signal"] = signum
     raise KeyboardInterrupt
