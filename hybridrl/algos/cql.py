@@ -175,8 +175,10 @@ class CQLLearner:
             a, logp = self.policy.sample(obs.repeat_interleave(n, 0))
         return a.reshape(len(obs), n, -1), logp.reshape(len(obs), n)
 
-    def update(self, batch: Transitions) -> dict[str, float]:
+    def update(self, batch: Transitions, actor: bool = True) -> dict[str, float]:
         """One gradient step of the twin critics (Bellman + CQL), the actor, alpha; then the Polyak targets.
+
+        ``actor=False`` steps only the critics (and their targets): critic pre-training under a fixed policy.
 
         Args:
             batch: ``B`` transitions: ``obs``/``next_obs [B, obs_dim]``, ``action [B, |A|]`` in the box, ``reward``
@@ -228,6 +230,9 @@ class CQLLearner:
             loss = loss + cfg.cql_alpha * (regs[0] + regs[1])
             metrics["cql_reg"] = float(0.5 * (regs[0] + regs[1]).detach())
         gradient_step(self.critic_opt, loss, cfg.max_grad_norm)
+        if not actor:
+            self.critic_target.update(cfg.tau)
+            return metrics
 
         self.critic.requires_grad_(False)
         try:
