@@ -160,6 +160,8 @@ METHODS = {
     # the CQL weight is relative to the scale of Q: rewards of order 1 here (Q of order 100 on Hopper, where 5 is used)
     "calql": FAST + ["offline_steps=0", "actor_lr=1e-3", "n_actions=4", "cql_alpha=1"],
     "rlpd": FAST + ["actor_lr=3e-3"],
+    "famo2o": FAST + ["reward_scale=1", "actor_lr=3e-3", "value_lr=3e-3", "offline_fraction=0.5",
+                      "offline_steps=20", "beta_min=5", "beta_max=15"],
 }
 STEPS = 300
 
@@ -196,3 +198,29 @@ def test_resume_continues_exactly(tmp_path):
     resumed = finetune_rlpd(start, steps=40, run=RunDir.create(tmp_path / "b", resume=True), resume=True, **kw)
     for (k, v), w in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(v, w), k
+
+
+def test_famo2o_embedding_balance_density_and_start_equivalence(tmp_path):
+    from torch.distributions import AffineTransform, Normal, TanhTransform, TransformedDistribution
+
+    from hybridrl.algos.famo2o import FamilyPolicy, coefficient_embedding
+    from hybridrl.nn import load_policy, save_policy
+
+    emb = coefficient_embedding(torch.tensor([2.0]))
+    f = [1.0, 10000 ** (-1 / 3), 10000 ** (-2 / 3)]
+    np.testing.assert_allclose(emb[0].numpy(), [math.sin(2 * x) for x in f] + [math.cos(2 * x) for x in f], rtol=1e-6)
+    start, _ = _bad_start()
+    with torch.no_grad():
+        start.mean_net[-1].weight.normal_()  # a state-dependent start
+    fam = FamilyPolicy.from_gaussian(start, 1.0, 10.0)
+    obs = torch.randn(5, 1)
+    for beta in (1.0, 7.0):  # the widened policy acts exactly like its start, whatever the coefficient
+        assert torch.allclose(fam.mean_at(obs, torch.full((5,), beta)), start.mean(obs), atol=1e-6)
+    torch.manual_seed(0)
+    beta, logp = fam.sample_coefficient(obs)
+    mu, log_std = fam._balance(obs)
+    dist = TransformedDistribution(Normal(mu, log_std.exp()), [TanhTransform(), AffineTransform(5.5, 4.5)])
+    assert torch.allclose(logp, dist.log_prob(beta), atol=1e-4)
+    assert ((beta > 1.0) & (beta < 10.0)).all()
+    loaded = load_policy(save_policy(fam, tmp_path / "fam"))
+    assert type(loaded) is FamilyPolicy and torch.equal(loaded.mean(obs), fam.mean(obs))

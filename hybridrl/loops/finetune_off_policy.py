@@ -28,10 +28,10 @@ from dataclasses import dataclass
 
 import gymnasium as gym
 import numpy as np
-import torch
 
-from hybridrl.algos import check_config, gradient_step
+from hybridrl.algos import check_config
 from hybridrl.algos.cql import CQLConfig, CQLLearner
+from hybridrl.algos.famo2o import FamO2OConfig, FamO2OLearner, iql_critic_step
 from hybridrl.algos.iql import IQLConfig, IQLLearner
 from hybridrl.data.batches import Transitions
 from hybridrl.data.dataset import Dataset
@@ -54,7 +54,6 @@ from hybridrl.loops.common import (
     run_record,
     start_run,
 )
-from hybridrl.losses import expectile_loss, td_loss
 from hybridrl.nn import Policy, policy_matches_spaces
 from hybridrl.runs import RunDir, apply_overrides
 
@@ -113,6 +112,20 @@ class CalQLFinetuneConfig(CQLConfig, OnlineSettings):
     calibrated: bool = True
     critic_pretrain_steps: int = 5000
     offline_steps: int = 5000
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.check_online()
+
+
+@dataclass(frozen=True)
+class FamO2OFinetuneConfig(FamO2OConfig, OnlineSettings):
+    """FamO2O's fields plus :class:`OnlineSettings`: critics fitted under the starting policy, then ``offline_steps``
+    of family training with uniform coefficients, then online with the dataset-seeded buffer."""
+
+    critic_pretrain_steps: int = 5000
+    offline_steps: int = 5000
+    offline_fraction: float | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -220,6 +233,8 @@ def finetune_loop(learner, *, algo: str, env_id: str, dataset: Dataset, steps: i
             save()
             if callback is not None and config.offline_steps > 0:
                 callback(0, learner.policy)
+        if hasattr(learner, "start_online"):  # FamO2O: coefficients from the balance model from now on
+            learner.start_online()
         obs, _ = envs.reset(seed=seed + step)
         episodes = EpisodeStats(1)
         log_due, callback_due = Every(config.log_every, step), Every(config.callback_every, step)
@@ -257,25 +272,6 @@ def finetune_loop(learner, *, algo: str, env_id: str, dataset: Dataset, steps: i
     envs.close()
     end_run(logger, run, f"finetune-{algo}", step, unit="env steps")
     return learner
-
-
-def iql_critic_step(learner: IQLLearner, batch: Transitions) -> dict[str, float]:
-    """IQL's value (eq. 5) and critic (eq. 6) steps and the Polyak targets, without the actor step (eq. 7):
-    critic pre-training under a fixed policy (Kostrikov et al. 2022)."""
-    cfg = learner.config
-    q_target = torch.min(*learner.critic_target(batch.obs, batch.action))
-    v_loss, metrics = expectile_loss(q_target - learner.value(batch.obs), cfg.expectile)
-    gradient_step(learner.value_opt, v_loss, cfg.max_grad_norm)
-    with torch.no_grad():
-        target = (batch.reward * learner.reward_scale
-                  + cfg.gamma * (~batch.terminated).float() * learner.value(batch.next_obs))
-    q1, q2 = learner.critic(batch.obs, batch.action)
-    q1_loss, m1 = td_loss(q1, target)
-    q2_loss, _ = td_loss(q2, target)
-    gradient_step(learner.critic_opt, q1_loss + q2_loss, cfg.max_grad_norm)
-    learner.critic_target.update(cfg.tau)
-    metrics.update(q_loss=float(q1_loss.detach() + q2_loss.detach()), q_mean=m1["q_mean"])
-    return metrics
 
 
 def _config(cls, overrides: list[str] | None):
@@ -333,3 +329,23 @@ def finetune_rlpd(policy: Policy | None, *, env_id: str, dataset: Dataset, steps
     ``critic_pretrain_steps`` > 0). Config: :class:`RLPDConfig` plus ``overrides``. Returns the policy."""
     return _finetune_cql("rlpd", RLPDConfig, policy, env_id=env_id, dataset=dataset, steps=steps, run=run,
                          seed=seed, overrides=overrides, callback=callback, progress=progress, resume=resume)
+
+
+def finetune_famo2o(policy: Policy | None, *, env_id: str, dataset: Dataset, steps: int,
+                    run: RunDir | None = None, seed: int = 0, overrides: list[str] | None = None,
+                    callback: Callback | None = None, progress: bool = True, resume: bool = False) -> Policy:
+    """FamO2O on IQL (Wang et al. 2023): the starting IQL policy becomes a universal policy (its first layer widened
+    with zero weights for the coefficient embedding, so it starts acting exactly as before), IQL critics are fitted
+    under it (``critic_pretrain_steps``), the family is trained offline with uniform coefficients
+    (``offline_steps``), then online the balance model picks the coefficient per state. Config:
+    :class:`FamO2OFinetuneConfig` plus ``overrides``. Returns a :class:`~hybridrl.algos.famo2o.FamilyPolicy`."""
+    config = _config(FamO2OFinetuneConfig, overrides)
+    given = _seeded_policy(policy, dataset, env_id)
+    learner = FamO2OLearner(config, dataset.observation_space, dataset.action_space, seed=seed, policy=given)
+    _set_obs_stats(learner, dataset, given is not None)
+    if not resume:
+        learner.prepare(dataset)
+    finetune_loop(learner, algo="famo2o", env_id=env_id, dataset=dataset, steps=steps, run=run, seed=seed,
+                  config=config, callback=callback, progress=progress, resume=resume,
+                  critic_update=lambda b: iql_critic_step(learner, b))
+    return learner.policy
