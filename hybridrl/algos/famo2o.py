@@ -31,7 +31,7 @@ from hybridrl.algos.iql import IQLConfig, IQLLearner
 from hybridrl.data.batches import Transitions
 from hybridrl.errors import ConfigError
 from hybridrl.losses import awr_policy_loss, expectile_loss, td_loss
-from hybridrl.nn import GaussianPolicy, Policy, mlp, register_policy_class
+from hybridrl.nn import GaussianPolicy, Policy, mlp
 
 EMB_DIM = 6
 
@@ -50,6 +50,7 @@ class FamilyPolicy(GaussianPolicy):
     of ``u``. As a :class:`~hybridrl.nn.Policy` it acts with the balance model's deterministic coefficient
     (``beta`` from ``u = tanh(mu(s))``, as FamO2O acts online and at evaluation); ``log_prob_at`` / ``mean_at``
     take an explicit ``beta [B]``. Constructor arguments: those of :class:`GaussianPolicy` plus the beta range.
+    Listed in :data:`hybridrl.nn.POLICY_CLASSES`, so ``load_policy`` rebuilds it in a fresh process.
     """
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (256, 256), activation: str = "relu",
@@ -122,8 +123,6 @@ class FamilyPolicy(GaussianPolicy):
     def sampler(self, rng=None, deterministic: bool = False):
         return Policy.sampler(self, rng, deterministic)
 
-
-register_policy_class(FamilyPolicy)
 
 
 @dataclass(frozen=True)
