@@ -213,17 +213,17 @@ class CQLLearner:
             uniform = self.low + (self.high - self.low) * torch.rand(b, n, self.low.shape[0])
             a_cur, logp_cur = self._policy_samples(batch.obs, n)
             a_next, logp_next = self._policy_samples(batch.next_obs, n)
-            obs_rep = batch.obs.unsqueeze(1).expand(-1, n, -1)
+            obs_rep = batch.obs.unsqueeze(1).expand(-1, 3 * n, -1)
+            actions = torch.cat([uniform, self._clip(a_cur), self._clip(a_next)], 1)  # [B, 3N, |A|], one pass
+            log_mu = torch.cat([torch.full((b, n), -self.log_volume), logp_cur, logp_next], 1)
             regs = []
-            for j, q_net in enumerate((self.critic.q1, self.critic.q2)):
-                q_pi = torch.cat([q_net(obs_rep, self._clip(a_cur)), q_net(obs_rep, self._clip(a_next))], 1)
+            for j, q_all in enumerate(self.critic(obs_rep, actions)):  # [B, 3N] per critic
+                q_rand, q_pi = q_all[:, :n], q_all[:, n:]
                 if cfg.calibrated:
                     q_pi, cm = calibrate(q_pi, batch.mc_return * cfg.reward_scale)
                     if j == 0:
                         metrics.update(cm)
-                q_all = torch.cat([q_net(obs_rep, uniform), q_pi], 1)
-                log_mu = torch.cat([torch.full((b, n), -self.log_volume), logp_cur, logp_next], 1)
-                reg, rm = cql_regularizer(q_all, log_mu, (q1, q2)[j])
+                reg, rm = cql_regularizer(torch.cat([q_rand, q_pi], 1), log_mu, (q1, q2)[j])
                 regs.append(reg)
                 if j == 0:
                     metrics.update(rm)
