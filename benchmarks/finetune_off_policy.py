@@ -35,6 +35,18 @@ from hybridrl.nn import load_policy
 METHODS = ("iql", "calql", "rlpd", "famo2o")
 
 
+def _overrides(items: list[str], method: str) -> list[str]:
+    """``key=value`` items for every method plus ``method:key=value`` items for this one."""
+    out = []
+    for item in items:
+        head, sep, rest = item.partition(":")
+        if not sep or "=" in head:
+            out.append(item)
+        elif head == method:
+            out.append(rest)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--env", default="Hopper-v5")
@@ -47,7 +59,8 @@ def main() -> None:
     p.add_argument("--online-steps", type=int, default=100_000)
     p.add_argument("--eval-every", type=int, default=5_000)
     p.add_argument("--eval-episodes", type=int, default=5)
-    p.add_argument("--set", nargs="*", default=[], help="overrides for every method (key=value)")
+    p.add_argument("--set", nargs="*", default=[],
+                   help="overrides: key=value for every method, or method:key=value for one (e.g. calql:n_actions=2)")
     p.add_argument("--tag", default="")
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args()
@@ -82,7 +95,7 @@ def main() -> None:
                 t1 = time.perf_counter()
                 ft_fn = getattr(ft, f"finetune_{method}")
                 ft_fn(start_policy, env_id=args.env, dataset=data, steps=args.online_steps, run=None, seed=seed,
-                      overrides=list(args.set), callback=callback, progress=False)
+                      overrides=_overrides(args.set, method), callback=callback, progress=False)
                 wall = time.perf_counter() - t1
                 early = [r for s, r in curve if s <= 0.2 * args.online_steps] or [curve[0][1]]
                 row = {"seed": seed, "method": method, "start": start, "dip": min(early) / start,
