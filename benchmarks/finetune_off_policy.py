@@ -95,7 +95,8 @@ def main() -> None:
                 t1 = time.perf_counter()
                 ft_fn = getattr(ft, f"finetune_{method}")
                 ft_fn(start_policy, env_id=args.env, dataset=data, steps=args.online_steps, run=None, seed=seed,
-                      overrides=_overrides(args.set, method), callback=callback, progress=False)
+                      overrides=[f"callback_every={min(1000, args.eval_every)}", *_overrides(args.set, method)],
+                      callback=callback, progress=False)
                 wall = time.perf_counter() - t1
                 early = [r for s, r in curve if s <= 0.2 * args.online_steps] or [curve[0][1]]
                 row = {"seed": seed, "method": method, "start": start, "dip": min(early) / start,
