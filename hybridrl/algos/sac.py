@@ -60,6 +60,7 @@ class SACConfig:
         reward_scale: rewards are multiplied by this before the TD target (rlkit's ``reward_scale``).
         policy: "gaussian" (tanh-Gaussian SAC) or "mixture" (PMOE-SAC).
         n_experts: K, experts of the mixture (>= 1; PMOE default 4).
+        layer_norm: LayerNorm after every hidden layer of both critics (RLPD, Ball et al. 2023; default off).
     """
 
     actor_lr: float = 3e-4
@@ -80,6 +81,7 @@ class SACConfig:
     reward_scale: float = 1.0
     policy: str = "gaussian"
     n_experts: int = 4
+    layer_norm: bool = False
 
     def __post_init__(self) -> None:
         check_config(self, actor_lr=(1e-12, None), critic_lr=(1e-12, None), alpha_lr=(1e-12, None),
@@ -122,8 +124,9 @@ class SACLearner:
                                              action_low=action_space.low.tolist(),
                                              action_high=action_space.high.tolist())
         critic = (obs_dim, act_dim, False, config.hidden, config.activation)
-        self.critic = TwinQ(*critic, obs_norm=self.policy.obs_norm)
-        self.critic_target = TargetNetwork(TwinQ(*critic, obs_norm=self.policy.obs_norm), self.critic)
+        ln = config.layer_norm
+        self.critic = TwinQ(*critic, obs_norm=self.policy.obs_norm, layer_norm=ln)
+        self.critic_target = TargetNetwork(TwinQ(*critic, obs_norm=self.policy.obs_norm, layer_norm=ln), self.critic)
         self.target_entropy = float(-act_dim if config.target_entropy is None else config.target_entropy)
         self.log_alpha = torch.tensor([float(np.log(config.alpha))], requires_grad=True)
         # fused Adam: the same update rule in one kernel per step (about 20% less time per SAC update on CPU)

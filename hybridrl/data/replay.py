@@ -4,6 +4,10 @@ Each row is ``(obs, action, reward, next_obs, terminated, truncated)`` with ``ne
 (pre-reset at an episode end) and the two done flags kept apart, so a learner bootstraps through truncations.
 Once full, the oldest rows are overwritten. ``state_dict`` is a dict of NumPy arrays (and ints) that the
 checkpoint format stores exactly, so a resumed run samples from the same buffer.
+
+With ``mc_gamma`` set, the buffer also keeps each row's Monte-Carlo return-to-go ``G_t = r_t + gamma G_{t+1}``
+within its episode (not bootstrapped at truncation, as :meth:`hybridrl.data.dataset.Dataset.mc_returns`), written
+when the episode ends; rows of episodes still running hold ``-inf`` ("unknown": no lower bound). Cal-QL uses it.
 """
 
 from __future__ import annotations
@@ -27,11 +31,15 @@ class ReplayBuffer:
         capacity: maximum number of transitions (> 0).
         observation_space: 1-D ``Box`` (observations stored as float32 ``[capacity, D]``).
         action_space: ``Box`` (float32 ``[capacity, *shape]``) or ``Discrete`` (int64 ``[capacity]``).
+        mc_gamma: discount of the ``mc_return`` field (None: no such field). The episodes of the ``N`` vector envs
+            are tracked by their column in :meth:`add`; a sampled batch carries ``mc_return`` (``-inf`` for rows
+            whose episode has not ended yet).
     Raises:
         ShapeError: capacity < 1 or unsupported spaces.
     """
 
-    def __init__(self, capacity: int, observation_space: gym.Space, action_space: gym.Space):
+    def __init__(self, capacity: int, observation_space: gym.Space, action_space: gym.Space,
+                 mc_gamma: float | None = None):
         if int(capacity) < 1:
             raise ShapeError(f"ReplayBuffer capacity must be >= 1, got {capacity}")
         if not isinstance(observation_space, gym.spaces.Box):
@@ -51,6 +59,9 @@ class ReplayBuffer:
         self.terminated = np.zeros(n, bool)
         self.truncated = np.zeros(n, bool)
         self.pos, self.size = 0, 0  # next row to write; rows filled
+        self.mc_gamma = None if mc_gamma is None else float(mc_gamma)
+        self.mc_return = None if mc_gamma is None else np.full(n, -np.inf, np.float32)
+        self._running: dict[int, list[int]] = {}  # vector-env column -> rows of its running episode
 
     def __len__(self) -> int:
         return self.size
@@ -78,6 +89,21 @@ class ReplayBuffer:
             getattr(self, k)[rows] = v.reshape(n, *getattr(self, k).shape[1:])
         self.pos = int((self.pos + n) % self.capacity)
         self.size = int(min(self.size + n, self.capacity))
+        if self.mc_return is not None:
+            self._track_returns(rows, arrays["terminated"].reshape(n) | arrays["truncated"].reshape(n))
+
+    def _track_returns(self, rows: np.ndarray, done: np.ndarray) -> None:
+        """Write ``-inf`` on the new rows; at an episode's end, its return-to-go on all of its rows still held."""
+        self.mc_return[rows] = -np.inf
+        for i, row in enumerate(rows):
+            episode = self._running.setdefault(i, [])
+            episode.append(int(row))
+            if done[i]:
+                g = 0.0
+                for r in reversed(episode[-self.capacity:]):  # rows older than the capacity were overwritten
+                    g = float(self.reward[r]) + self.mc_gamma * g
+                    self.mc_return[r] = g
+                del self._running[i]
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> Transitions:
         """``batch_size`` rows drawn uniformly with replacement using ``rng``, as a :class:`Transitions` batch.
@@ -88,12 +114,20 @@ class ReplayBuffer:
         if self.size == 0 or batch_size < 1:
             raise ShapeError(f"ReplayBuffer.sample: cannot draw {batch_size} rows from {self.size} transitions")
         idx = rng.integers(0, self.size, size=batch_size)
-        return Transitions(**{k: torch.from_numpy(getattr(self, k)[idx]) for k in _FIELDS})
+        return self.rows(idx)
+
+    def rows(self, idx: np.ndarray) -> Transitions:
+        """Rows ``idx`` (int array, each < ``len(self)``) as a :class:`Transitions` batch (with ``mc_return`` when
+        the buffer tracks it)."""
+        mc = None if self.mc_return is None else torch.from_numpy(self.mc_return[idx])
+        return Transitions(**{k: torch.from_numpy(getattr(self, k)[idx]) for k in _FIELDS}, mc_return=mc)
 
     def state_dict(self) -> dict:
         """The filled rows (``[size, ...]`` arrays in storage order) plus ``pos``, ``size`` and ``capacity``."""
         state = {k: getattr(self, k)[: self.size].copy() for k in _FIELDS}
         state.update(pos=self.pos, size=self.size, capacity=self.capacity)
+        if self.mc_return is not None:  # episodes still running are not saved: a resumed run resets its envs
+            state["mc_return"] = self.mc_return[: self.size].copy()
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -109,3 +143,6 @@ class ReplayBuffer:
         for k in _FIELDS:
             getattr(self, k)[:size] = state[k]
         self.pos, self.size = int(state["pos"]), size
+        if self.mc_return is not None:
+            self.mc_return[:size] = state["mc_return"] if "mc_return" in state else -np.inf
+            self._running = {}

@@ -47,7 +47,8 @@ def train_offline(
 
     On a fresh run the policy's observation normaliser is set to the dataset's mean/variance (and frozen), and
     ``learner.prepare(dataset)`` fits any other dataset-dependent state once (e.g. IQL's reward scale), when the
-    learner defines it.
+    learner defines it. A learner with a ``mc_gamma`` attribute that is not None (Cal-QL) gets batches carrying
+    ``mc_return``, the dataset's return-to-go with that discount.
 
     Args:
         algo: registered offline algorithm name.
@@ -91,7 +92,7 @@ def train_offline(
     def save() -> object:
         return checkpoint(run, step, learner, {"numpy_rng": rng.bit_generator.state})
 
-    data = dataset.transitions()
+    data = dataset.transitions(mc_gamma=getattr(learner, "mc_gamma", None))  # Monte-Carlo returns when asked (Cal-QL)
     modules = learner_modules(learner)
     means = MetricMeans()
     log_due, eval_due = Every(log_every, step), Every(eval_every, step)

@@ -4,6 +4,9 @@
                     "Addressing Function Approximation Error in Actor-Critic Methods", sec. 4.2, eq. 10)
     target network: Qbar <- (1 - tau) Qbar + tau Q after every gradient step (Lillicrap et al. 2016, DDPG, Alg. 1)
 
+``layer_norm=True`` puts a LayerNorm after every hidden linear layer of both critics (Ball et al. 2023, RLPD,
+arXiv:2302.02948, sec. 3.2: it bounds Q-values extrapolated to unseen actions); off by default.
+
 Used by SAC, PMOE-SAC, off-policy MDPO, IQL (:class:`TwinQ` + :class:`TargetNetwork`) and FQE (one
 :class:`~hybridrl.nn.QNet` + :class:`TargetNetwork`).
 """
@@ -18,7 +21,22 @@ from torch import nn
 from hybridrl.nn import ObsNormalizer, QNet
 from hybridrl.ops import polyak_update
 
-__all__ = ["TwinQ", "TargetNetwork"]
+__all__ = ["TwinQ", "TargetNetwork", "layer_norm_q"]
+
+
+def layer_norm_q(q: QNet) -> QNet:
+    """Insert ``nn.LayerNorm(width)`` after every hidden ``Linear`` of ``q.net`` (in place; returns ``q``).
+
+    The linear layers keep their initialisation; LayerNorm starts as the identity affine map (weight 1, bias 0).
+    """
+    layers: list[nn.Module] = []
+    linears = [m for m in q.net if isinstance(m, nn.Linear)]
+    for m in q.net:
+        layers.append(m)
+        if isinstance(m, nn.Linear) and m is not linears[-1]:
+            layers.append(nn.LayerNorm(m.out_features))
+    q.net = nn.Sequential(*layers)
+    return q
 
 
 class TwinQ(nn.Module):
@@ -32,13 +50,17 @@ class TwinQ(nn.Module):
         discrete: Discrete action space (``Q(s, .)`` heads) instead of ``Q(s, a)`` on ``[s, a]``.
         hidden, activation: MLP widths and nonlinearity ("relu" or "tanh").
         obs_norm: the policy's observation normaliser, shared by both critics (None: raw observations).
+        layer_norm: LayerNorm after every hidden linear layer (RLPD); :func:`layer_norm_q`.
     """
 
     def __init__(self, obs_dim: int, action_dim: int, discrete: bool, hidden: Sequence[int] = (256, 256),
-                 activation: str = "relu", obs_norm: ObsNormalizer | None = None):
+                 activation: str = "relu", obs_norm: ObsNormalizer | None = None, layer_norm: bool = False):
         super().__init__()
         self.q1 = QNet(obs_dim, action_dim, discrete, hidden, activation, obs_norm=obs_norm)
         self.q2 = QNet(obs_dim, action_dim, discrete, hidden, activation, obs_norm=obs_norm)
+        if layer_norm:
+            layer_norm_q(self.q1)
+            layer_norm_q(self.q2)
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(Q_1(s, a), Q_2(s, a))``, each ``[*lead]``, for ``obs [*lead, obs_dim]`` and ``action [*lead, act_dim]``

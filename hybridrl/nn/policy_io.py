@@ -37,6 +37,7 @@ POLICY_CLASSES: dict[str, Any] = {
     "GaussianMixturePolicy": "hybridrl.nn.mixture:GaussianMixturePolicy",
     "TanhGaussianPolicy": "hybridrl.nn.tanh_gaussian:TanhGaussianPolicy",
     "TabularPolicy": "hybridrl.envs.toy:TabularPolicy",
+    "FamilyPolicy": "hybridrl.algos.famo2o:FamilyPolicy",
 }
 
 
