@@ -349,3 +349,19 @@ def test_select_accepts_results_and_validates():
         select(EST, 2, true_values={"A": 1.0})
     with pytest.raises(ConfigError, match="true_values"):
         select(EST, 2, behavior_value=1.0)
+
+
+def test_tis_sntis_sndr_cover_the_chain_value(chain_data, chain_fqe):
+    """hybridrl/Chain-v0 (ChainEnv(5, 0.1, 20)) against the analytic finite-horizon value."""
+    truth = chain_policy_value(TARGET, GAMMA, slip=0.1, horizon=20)
+    pi = chain_fqe.policy
+    for name in ("tis", "sntis", "sndr"):
+        r = estimate_value(name, chain_data, pi, GAMMA, chain_fqe, n_boot=300)
+        assert r.ci_low <= truth <= r.ci_high, (name, r.estimate, r.ci_low, r.ci_high, truth)
+        assert not r.degenerate and r.interval == "bootstrap" and "bootstrap" in r.interval_meaning
+    t = estimate_value("pdis", chain_data, pi, GAMMA, ci="t")
+    h = estimate_value("pdis", chain_data, pi, GAMMA, ci="hoeffding")
+    assert t.ci_low <= truth <= t.ci_high and h.ci_low <= t.ci_low and h.ci_high >= t.ci_high
+    assert any("observed range" in n for n in h.notes) and h.to_dict()["interval"] == "hoeffding"
+    with pytest.raises(ConfigError, match="interval"):
+        estimate_value("pdis", chain_data, pi, GAMMA, ci="wald")
