@@ -163,7 +163,7 @@ def default_max_steps(gamma: float, tau: float) -> int:
     """
     if gamma >= 1.0:
         return 200_000
-    return int(min(200_000, max(2_000, np.ceil(3.0 / ((1.0 - gamma) * tau)))))
+    return int(min(200_000, max(2_000, np.ceil(3.0 / ((1.0 - gamma) * tau) - 1e-6))))
 
 
 @dataclass

@@ -33,6 +33,7 @@ from hybridrl.ope.intervals import INTERVALS, bernstein_ci, bootstrap_ci, confid
 from hybridrl.ope.select import (
     SelectionResult,
     error_rates,
+    pick_estimator,
     rank_correlation,
     regret_at_k,
     select,
@@ -46,6 +47,6 @@ __all__ = [
     "SelectionResult", "bernstein_ci", "bootstrap_ci", "check_policy_fits_dataset", "confidence_interval",
     "degeneracy", "dr", "episode_arrays", "error_rates", "estimate_behavior_log_prob", "estimate_value",
     "evaluate_ope", "fit_behavior_model", "fit_behavior_policy", "fit_fqe", "hoeffding_ci", "importance_weights",
-    "pdis", "rank_correlation", "regret_at_k", "select", "sharpe_ratio_at_k", "sndr", "snpdis", "sntis", "t_ci",
-    "tis", "top_k", "top_k_stats",
+    "pdis", "pick_estimator", "rank_correlation", "regret_at_k", "select", "sharpe_ratio_at_k", "sndr", "snpdis",
+    "sntis", "t_ci", "tis", "top_k", "top_k_stats",
 ]

@@ -92,6 +92,26 @@ class OPEResult:
         """Not degenerate and, for critic-based estimators, the FQE fit converged."""
         return not self.degenerate and self.diagnostics.get("fqe_converged", 1.0) == 1.0
 
+    def cell(self, digits: int = 3) -> str:
+        """Short text for a table: ``"12.3 [11, 13.5]"``, or ``"degenerate (ESS 1.0 of 50, weights overflow)"``
+        instead of a number that cannot be used, with ``" (FQE not converged)"`` appended when that is the case."""
+        if self.degenerate:
+            bits = []
+            ess = self.diagnostics.get("ess")
+            if ess is not None:
+                bits.append(f"ESS {ess:.1f} of {self.n_episodes}")
+            if any("overflow" in r for r in self.degenerate_reasons):
+                bits.append("weights overflow")
+            if any("not finite" in r for r in self.degenerate_reasons) and not bits:
+                bits.append("not finite")
+            return "degenerate (" + ", ".join(bits) + ")"
+        text = f"{self.estimate:.{digits}g}"
+        if np.isfinite(self.ci_low) or np.isfinite(self.ci_high):
+            text += f" [{self.ci_low:.{digits}g}, {self.ci_high:.{digits}g}]"
+        if self.diagnostics.get("fqe_converged", 1.0) != 1.0:
+            text += " (FQE not converged)"
+        return text
+
     def to_dict(self, per_episode: bool = False) -> dict:
         """The fields as plain Python (JSON-able; NaN stays NaN); ``per_episode`` (E floats) only when asked."""
         d = {"estimator": self.estimator, "estimate": float(self.estimate), "ci_low": float(self.ci_low),

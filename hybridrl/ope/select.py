@@ -35,8 +35,8 @@ from scipy import stats
 from hybridrl.errors import ConfigError
 
 __all__ = [
-    "SelectionResult", "error_rates", "rank_correlation", "regret_at_k", "select", "sharpe_ratio_at_k", "top_k",
-    "top_k_stats",
+    "SelectionResult", "error_rates", "pick_estimator", "rank_correlation", "regret_at_k", "select",
+    "sharpe_ratio_at_k", "top_k", "top_k_stats",
 ]
 
 
@@ -234,3 +234,41 @@ def select(estimates: Mapping[str, float], k: int, true_values: Mapping[str, flo
     if behavior_value is not None:
         res.sharpe_ratio_at_k = sharpe_ratio_at_k(est, tru, behavior_value, kk)
     return res
+
+
+def pick_estimator(results: Mapping[str, Mapping[str, object]], preferred: str,
+                   order: Sequence[str]) -> tuple[str, list[str], str]:
+    """Which estimator to rank by: ``preferred`` if its result is usable for every candidate, otherwise the first of
+    ``order`` that is (usable: not degenerate and, for critic-based estimators, a converged FQE fit).
+
+    Args:
+        results: ``{candidate: {estimator: OPEResult}}`` (:func:`hybridrl.ope.evaluate_ope`).
+        preferred: the estimator asked for.
+        order: estimators to fall back to, in order of preference.
+    Returns: ``(estimator, usable_estimators, message)``; the message says in words what was chosen and why. When
+        no estimator is usable for every candidate, ``preferred`` is returned with a message saying not to trust it.
+    Raises: ConfigError if ``preferred`` is not among the results.
+    """
+    names = list(results)
+    if not names or any(preferred not in results[n] for n in names):
+        raise ConfigError(f"pick_estimator: {preferred!r} is not among the estimates of every candidate")
+    cands = [preferred, *[e for e in order if e != preferred]]
+    usable = [e for e in cands if all(e in results[n] and getattr(results[n][e], "usable", True) for n in names)]
+
+    def why(e: str) -> str:
+        bad = []
+        for n in names:
+            r = results[n][e]
+            if getattr(r, "degenerate", False):
+                bad.append(f"{n}: degenerate, " + "; ".join(r.degenerate_reasons))
+            elif not getattr(r, "usable", True):
+                bad.append(f"{n}: FQE did not converge")
+        return " | ".join(bad)
+
+    if preferred in usable:
+        return preferred, usable, f"ranked by {preferred} (its diagnostics pass for every candidate)"
+    if usable:
+        return usable[0], usable, (f"ranked by {usable[0]} instead of {preferred}, whose diagnostics fail "
+                                   f"({why(preferred)}); estimators that pass for every candidate: {', '.join(usable)}")
+    return preferred, [], (f"no estimator passes its diagnostics for every candidate; ranked by {preferred} anyway "
+                           f"({why(preferred)}): do not trust this selection")
