@@ -74,4 +74,4 @@ def test_fqe_stops_early_when_converged_and_warns_when_not(eps_data):
     assert not short.fit_report.converged
     r = estimate_value("dm", eps_data, target, GAMMA, short, n_boot=0)
     assert not r.usable and not r.degenerate and r.diagnostics["fqe_converged"] == 0.0
-    assert any(n.startswith("warning: FQE did not converge in 150 steps") for n in r.notes)
+    assert any(n.startswith("warning: FQE did not converge: 150 steps are too few") for n in r.notes)

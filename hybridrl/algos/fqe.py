@@ -274,7 +274,12 @@ def fit(dataset, policy: Policy, config: FQEConfig, max_steps: int | None = None
     b_min = min((h[2] for h in history), default=float("nan"))
     report = FQEFitReport(converged, step if max_steps else 0, max_steps, remaining, last[1], last[2], b_min,
                           n_held, history)
-    if not converged:
+    if not converged and len(history) < 2:
+        report.warnings.append(f"FQE did not converge: {report.steps} steps are too few for the convergence check "
+                               f"(every {check_every} steps); the DM/DR values are unreliable; the default budget "
+                               f"for gamma {config.gamma}, tau {config.tau} is "
+                               f"{default_max_steps(config.gamma, config.tau)}")
+    elif not converged:
         report.warnings.append(
             f"FQE did not converge in {report.steps} steps (extrapolated remaining change of Vhat(s0) "
             f"{remaining:.3g} vs tolerance {tol * max(abs(last[1]), 1.0):.3g}): the DM/DR values are unreliable; "

@@ -154,8 +154,9 @@ def degeneracy(estimate: float, diagnostics: dict[str, float], n_episodes: int, 
 
     Degenerate when: the estimate is not finite; a log-weight exceeds log(float64 max) (``max_log_weight``; not for
     ``self_normalised`` estimators, which rescale the weights and stay finite); or the
-    effective sample size ``ess`` is below ``min(min_ess, n_episodes / 10)`` (an IS estimate then rests on a handful
-    of episodes; the cap keeps tiny datasets from being flagged for their size alone).
+    effective sample size ``ess`` is below ``min(min_ess, max(n_episodes / 10, 1.5))`` (an IS estimate then rests on a
+    handful of episodes; the cap keeps small datasets from being flagged for their size alone, the floor of 1.5 still
+    flags an estimate that rests on a single episode).
     """
     reasons = []
     if not np.isfinite(estimate):
@@ -164,7 +165,7 @@ def degeneracy(estimate: float, diagnostics: dict[str, float], n_episodes: int, 
     if mx is not None and mx > LOG_MAX and not self_normalised:
         reasons.append(f"importance weights overflow float64 (largest log-weight {mx:.0f} > {LOG_MAX:.0f})")
     ess = diagnostics.get("ess")
-    threshold = min(float(min_ess), n_episodes / 10.0)
+    threshold = min(float(min_ess), max(n_episodes / 10.0, 1.5))
     if ess is not None and ess < threshold:
         reasons.append(f"effective sample size {ess:.1f} of {n_episodes} episodes is below {threshold:g}")
     return reasons
