@@ -365,3 +365,32 @@ def test_tis_sntis_sndr_cover_the_chain_value(chain_data, chain_fqe):
     assert any("observed range" in n for n in h.notes) and h.to_dict()["interval"] == "hoeffding"
     with pytest.raises(ConfigError, match="interval"):
         estimate_value("pdis", chain_data, pi, GAMMA, ci="wald")
+
+
+def test_type_i_ii_error_rates_and_top_k_stats_hand_computed():
+    from hybridrl.ope import error_rates, pick_estimator, top_k_stats
+
+    # threshold 6: truly unsafe C (5), D (1); passed (est >= 6): B (9), A (7) -> type I 0/2; safe A, B both passed
+    assert error_rates(EST, TRUE, 6.0) == (0.0, 0.0)
+    # threshold 8.5: unsafe B (8), C, D; passed B (9) -> type I 1/3; safe A (10) rejected (7 < 8.5) -> type II 1/1
+    t1, t2 = error_rates(EST, TRUE, 8.5)
+    assert t1 == pytest.approx(1 / 3) and t2 == 1.0
+    assert np.isnan(error_rates(EST, TRUE, 0.0)[0])  # no unsafe policy
+    lower = {n: OPEResult("pdis", v, None, v - 3, v + 3) for n, v in EST.items()}  # lower bounds 4, 6, -1, 0
+    assert error_rates(lower, TRUE, 6.0, use_lower_bound=True) == (0.0, 0.5)  # A (lower 4) rejected
+    with pytest.raises(ConfigError, match="use_lower_bound"):
+        error_rates(EST, TRUE, 6.0, use_lower_bound=True)
+    # top-3 by estimate: B, A, D -> true 8, 10, 1
+    st = top_k_stats(EST, TRUE, 3)
+    assert (st["best"], st["worst"], st["mean"]) == (10.0, 1.0, pytest.approx(19 / 3))
+    assert st["std"] == pytest.approx(np.sqrt(67 / 3)) and np.isnan(top_k_stats(EST, TRUE, 1)["std"])
+    res = select(EST, 3, TRUE, threshold=8.5)
+    assert res.worst_at_k == 1.0 and res.mean_at_k == pytest.approx(19 / 3) and res.type_ii_error_rate == 1.0
+    # pick_estimator: the preferred one is degenerate for one candidate -> the first usable one, said in words
+    good = OPEResult("snpdis", 1.0, None, 0.0, 2.0)
+    bad = OPEResult("pdis", 1e36, None, 0.0, 1e37, degenerate=True, degenerate_reasons=["effective sample size 1.0"])
+    results = {"a": {"pdis": bad, "snpdis": good}, "b": {"pdis": good, "snpdis": good}}
+    by, usable, why = pick_estimator(results, "pdis", ["pdis", "snpdis"])
+    assert by == "snpdis" and usable == ["snpdis"] and "instead of pdis" in why and "a: degenerate" in why
+    assert pick_estimator(results, "snpdis", ["pdis", "snpdis"])[0] == "snpdis"
+    assert bad.cell().startswith("degenerate") and "e+36" not in bad.cell()
