@@ -57,7 +57,7 @@ def test_behavior_model_is_calibrated_on_epsilon_greedy_data(eps_data):
 
 
 def test_fqe_default_budget_fits_the_horizon():
-    assert default_max_steps(0.99, 0.005) == 60_000
+    assert default_max_steps(0.99, 0.005) == 100_000 and default_max_steps(0.99, FQEConfig().tau) == 10_000
     assert default_max_steps(0.9, 0.05) == 2_000 and default_max_steps(1.0, 0.005) == 200_000
 
 
