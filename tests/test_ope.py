@@ -394,3 +394,16 @@ def test_type_i_ii_error_rates_and_top_k_stats_hand_computed():
     assert by == "snpdis" and usable == ["snpdis"] and "instead of pdis" in why and "a: degenerate" in why
     assert pick_estimator(results, "snpdis", ["pdis", "snpdis"])[0] == "snpdis"
     assert bad.cell().startswith("degenerate") and "e+36" not in bad.cell()
+
+
+def test_estimates_outside_the_possible_value_range_are_degenerate():
+    from hybridrl.ope import degeneracy
+
+    assert degeneracy(150.0, {}, 10, value_bounds=(0.0, 100.0))[0].startswith("the estimate 150 lies outside")
+    assert degeneracy(100.5, {}, 10, value_bounds=(0.0, 100.0)) == []  # within the 1% slack
+    data, pi = two_episode_data()  # rewards in [0, 2], gamma 0.5: any value lies in [0, 4]
+    huge = SimpleNamespace(policy=pi, config=SimpleNamespace(gamma=0.5), q=lambda o, a: torch.full((len(o),), 500.0),
+                           value=lambda o: torch.full((len(o),), 500.0))
+    r = estimate_value("dm", data, pi, 0.5, huge, n_boot=0)
+    assert r.degenerate and "outside [0, 4]" in r.degenerate_reasons[0]
+    assert r.cell() == "degenerate (outside the possible range)"

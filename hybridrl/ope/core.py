@@ -149,14 +149,15 @@ def _weights(log_ratio, mask, clip) -> tuple[np.ndarray, dict[str, float], list[
 
 
 def degeneracy(estimate: float, diagnostics: dict[str, float], n_episodes: int, min_ess: float = MIN_ESS,
-               self_normalised: bool = False) -> list[str]:
+               self_normalised: bool = False, value_bounds: tuple[float, float] | None = None) -> list[str]:
     """Reasons, in words, why an estimate cannot be used (empty list: usable).
 
     Degenerate when: the estimate is not finite; a log-weight exceeds log(float64 max) (``max_log_weight``; not for
     ``self_normalised`` estimators, which rescale the weights and stay finite); or the
     effective sample size ``ess`` is below ``min(min_ess, max(n_episodes / 10, 1.5))`` (an IS estimate then rests on a
     handful of episodes; the cap keeps small datasets from being flagged for their size alone, the floor of 1.5 still
-    flags an estimate that rests on a single episode).
+    flags an estimate that rests on a single episode); or the estimate lies outside ``value_bounds = (lo, hi)``, the
+    values any policy can have (e.g. ``r_min / (1 - gamma), r_max / (1 - gamma)``), by more than 1% of ``hi - lo``.
     """
     reasons = []
     if not np.isfinite(estimate):
@@ -164,6 +165,12 @@ def degeneracy(estimate: float, diagnostics: dict[str, float], n_episodes: int, 
     mx = diagnostics.get("max_log_weight")
     if mx is not None and mx > LOG_MAX and not self_normalised:
         reasons.append(f"importance weights overflow float64 (largest log-weight {mx:.0f} > {LOG_MAX:.0f})")
+    if value_bounds is not None and np.isfinite(estimate):
+        lo, hi = (float(b) for b in value_bounds)
+        slack = 0.01 * (hi - lo)
+        if not lo - slack <= estimate <= hi + slack:
+            reasons.append(f"the estimate {estimate:.4g} lies outside [{lo:.4g}, {hi:.4g}], the values any policy can "
+                           "have with these rewards and gamma")
     ess = diagnostics.get("ess")
     threshold = min(float(min_ess), max(n_episodes / 10.0, 1.5))
     if ess is not None and ess < threshold:

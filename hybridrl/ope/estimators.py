@@ -102,9 +102,11 @@ class OPEResult:
                 bits.append(f"ESS {ess:.1f} of {self.n_episodes}")
             if any("overflow" in r for r in self.degenerate_reasons):
                 bits.append("weights overflow")
+            if any("lies outside" in r for r in self.degenerate_reasons):
+                bits.append("outside the possible range")
             if any("not finite" in r for r in self.degenerate_reasons) and not bits:
                 bits.append("not finite")
-            return "degenerate (" + ", ".join(bits) + ")"
+            return "degenerate (" + (", ".join(bits) or "see notes") + ")"
         text = f"{self.estimate:.{digits}g}"
         if np.isfinite(self.ci_low) or np.isfinite(self.ci_high):
             text += f" [{self.ci_low:.{digits}g}, {self.ci_high:.{digits}g}]"
@@ -204,6 +206,15 @@ def _check_fqe(fqe: FQELearner, policy: Policy, gamma: float) -> None:
 _DM_NOTE = "the interval covers only the spread of Vhat(s_0) over episodes, not the critic's fitting error"
 
 
+def _value_bounds(dataset: Dataset, gamma: float) -> tuple[float, float] | None:
+    """Values any policy can have: rewards in [r_min, r_max] give J in [min(r_min, 0), max(r_max, 0)] / (1 - gamma)
+    (None for gamma = 1, where FQE's untruncated value has no such bound)."""
+    if gamma >= 1.0 or len(dataset) == 0:
+        return None
+    r = np.asarray(dataset.rewards, dtype=np.float64)
+    return min(float(r.min()), 0.0) / (1.0 - gamma), max(float(r.max()), 0.0) / (1.0 - gamma)
+
+
 def _fqe_notes(fqe) -> tuple[dict[str, float], list[str]]:
     report = getattr(fqe, "fit_report", None)
     if report is None:
@@ -259,7 +270,8 @@ def estimate_value(estimator: str, dataset: Dataset, policy: Policy, gamma: floa
     e = len(est.per_episode)
     low, high, ci_notes = intervals.confidence_interval(ci, est.per_episode, est.resample, confidence, n_boot, seed,
                                                         value_range)
-    reasons = core.degeneracy(est.estimate, est.diagnostics, e, min_ess, estimator in _SELF_NORMALISED)
+    reasons = core.degeneracy(est.estimate, est.diagnostics, e, min_ess, estimator in _SELF_NORMALISED,
+                              _value_bounds(dataset, gamma))
     notes = [n for n in est.notes if "overflow" not in n or not reasons] + ci_notes + extra_notes
     return OPEResult(estimator, est.estimate, est.per_episode, low, high, confidence, e, notes,
                      {**est.diagnostics, **extra_diag}, interval=ci, interval_meaning=intervals.MEANINGS[ci],
