@@ -41,6 +41,7 @@ def test_mixture_log_prob_hand_computed(eps_data):
     np.testing.assert_allclose(_calibrated_log_prob(pi, eps_data, rows, 0.0, 2.0), np.log(p2[a]), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_behavior_model_is_calibrated_on_epsilon_greedy_data(eps_data):
     model = fit_behavior_model(eps_data, steps=300, seed=0,
                                config=BCConfig(hidden=(32,), lr=3e-3))
@@ -61,6 +62,7 @@ def test_fqe_default_budget_fits_the_horizon():
     assert default_max_steps(0.9, 0.05) == 2_000 and default_max_steps(1.0, 0.005) == 200_000
 
 
+@pytest.mark.slow
 def test_fqe_stops_early_when_converged_and_warns_when_not(eps_data):
     cfg = FQEConfig(hidden=(32, 32), lr=1e-3, tau=0.05, batch_size=128)
     target = TabularPolicy(np.tile([0.3, 0.7], (5, 1)))
