@@ -195,46 +195,66 @@ def evaluate_cmd(
 def ope_cmd(
     dataset: str = typer.Option(..., "--dataset"),
     policy: list[Path] = typer.Option(..., "--policy", help="Candidate policy directory (repeatable)."),
-    estimators: str = typer.Option("fqe,pdis,snpdis,dr", "--estimators", help="Comma-separated estimator names."),
+    estimators: str = typer.Option("fqe,pdis,snpdis,dr", "--estimators",
+                                   help="Comma-separated: fqe, pdis, snpdis, dr, tis, sntis, sndr."),
     gamma: float = typer.Option(0.99, "--gamma", min=0.0, max=1.0),
-    fqe_steps: int = typer.Option(5000, "--fqe-steps", min=1),
+    fqe_steps: int = typer.Option(None, "--fqe-steps", min=1,
+                                  help="FQE step budget (default: fits the discount horizon; stops early when "
+                                       "converged)."),
+    ci: str = typer.Option("bootstrap", "--ci", help="Interval: bootstrap, t, hoeffding or bernstein."),
+    clip: float = typer.Option(None, "--clip", help="Clip per-step importance ratios at this value (biased)."),
+    min_ess: float = typer.Option(10.0, "--min-ess", help="ESS below which an IS estimate is marked degenerate "
+                                                          "(capped at a tenth of the episodes)."),
     k: int = typer.Option(1, "--k", min=1, help="Top-k to select."),
     seed: int = typer.Option(0, "--seed"),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Estimate candidate policies' values from logged data (FQE, PDIS, SNPDIS, DR) and select the top-k."""
+    """Estimate candidate policies' values from logged data and select the top-k by the first usable estimator.
+
+    Progress goes to stderr in every mode (``--json`` included). Degenerate estimates (tiny effective sample size,
+    overflowing weights) are shown as such, never as a number; an unconverged FQE fit is flagged.
+    """
     from hybridrl.data.dataset import Dataset
     from hybridrl.nn import load_policy
-    from hybridrl.ope import evaluate_ope, select
+    from hybridrl.ope import evaluate_ope, pick_estimator, select
 
+    console = _console()
     ds = Dataset.load(dataset)
     names = [p.name if p.name != "policy" else p.parent.name for p in policy]
     if len(set(names)) != len(names):
         names = [str(p) for p in policy]
     policies = {n: load_policy(p, ds.env_id) for n, p in zip(names, policy)}
     ests = tuple(e.strip() for e in estimators.split(",") if e.strip())
+    console.print(f"ope: {dataset}: {ds.n_episodes} episodes, {len(ds)} steps; {len(names)} candidates; "
+                  f"estimators {', '.join(ests)}; {ci} intervals")
     results = evaluate_ope(ds, policies, estimators=ests, gamma=gamma, fqe_steps=fqe_steps, seed=seed,
-                           progress=not json_out)
-    selection = select({n: results[n][ests[0]] for n in names}, k=min(k, len(names)))
+                           progress=True, ci=ci, clip=clip, min_ess=min_ess)
+    by, usable, why = pick_estimator(results, ests[0], ests)
+    selection = select({n: results[n][by] for n in names}, k=min(k, len(names)))
     out = {"estimates": {n: {e: r.to_dict() for e, r in results[n].items()} for n in names},
-           "selection": selection.to_dict(), "selected_by": ests[0]}
+           "selection": selection.to_dict(), "selected_by": by, "selection_note": why, "usable_estimators": usable}
+    console.print(f"ope: done; {why}")
     if json_out:
         _emit_json(out)
         return
     from rich.table import Table
 
-    table = Table(title=f"OPE on {dataset} (gamma {gamma})")
+    conf = next(iter(results[names[0]].values())).confidence
+    table = Table(title=f"OPE on {dataset} (gamma {gamma}, {conf:.0%} {ci} intervals)")
     table.add_column("policy")
     for e in ests:
         table.add_column(e, justify="right")
     for n in names:
-        table.add_row(n, *[f"{results[n][e].estimate:.3g} [{results[n][e].ci_low:.3g}, {results[n][e].ci_high:.3g}]"
-                           for e in ests])
+        table.add_row(n, *[results[n][e].cell() for e in ests])
     _stdout().print(table)
-    _stdout().print(f"top-{len(selection.top_k)} by {ests[0]}: {', '.join(selection.top_k)}")
-    notes = dict.fromkeys(note for n in names for e in ests for note in results[n][e].notes)
-    for note in notes:  # e.g. "behaviour log-probabilities estimated by behaviour cloning (... steps)"
-        _stdout().print(f"note: {note}", soft_wrap=True)
+    _stdout().print(f"top-{len(selection.top_k)}: {', '.join(selection.top_k)}; {why}")
+    first = next(iter(results[names[0]].values()))
+    _stdout().print(f"interval: {first.interval_meaning}")
+    lines = [f"{n} / {e}: degenerate: " + "; ".join(results[n][e].degenerate_reasons)
+             for n in names for e in ests if results[n][e].degenerate]
+    lines += list(dict.fromkeys(note for n in names for e in ests for note in results[n][e].notes))
+    for line in lines:  # degeneracy reasons, unconverged FQE warnings, the behaviour model, clipping bias
+        _stdout().print(f"note: {line}", soft_wrap=True)
 
 
 @app.command("pipeline")

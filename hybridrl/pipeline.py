@@ -27,7 +27,7 @@ from hybridrl.loops.evaluate import evaluate_policy
 from hybridrl.loops.finetune import FinetuneConfig, finetune
 from hybridrl.loops.train import build_config, finish_run, train
 from hybridrl.nn import load_policy
-from hybridrl.ope import evaluate_ope, select
+from hybridrl.ope import INTERVALS, evaluate_ope, pick_estimator, select
 from hybridrl.runs import RunDir, apply_overrides, dataclass_from_dict, load_config, plot_estimates, save_config
 
 PIPELINE_KEYS = {"env_id", "seed", "gamma", "behavior", "collect", "candidates", "ope", "select", "finetune"}
@@ -43,13 +43,13 @@ SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _SECTIONS = {  # key -> (type, required keys, optional keys) of each mapping section
     "behavior": ({"steps"}, {"algo", "set"}),
     "collect": ({"parts"}, {"name"}),
-    "ope": (set(), {"estimators", "fqe_steps", "fqe", "eval_episodes"}),
+    "ope": (set(), {"estimators", "fqe_steps", "fqe", "eval_episodes", "ci"}),
     "select": (set(), {"by", "k"}),
     "finetune": ({"steps"}, {"mix_offline", "set"}),
 }
 _TYPES = {"env_id": str, "seed": int, "gamma": float, "algo": str, "steps": int, "set": list, "name": str,
           "parts": list, "policy": str, "action_noise": float, "epsilon": float, "estimators": list,
-          "fqe_steps": int, "fqe": dict, "eval_episodes": int, "by": str, "k": int, "mix_offline": bool}
+          "fqe_steps": int, "fqe": dict, "eval_episodes": int, "by": str, "k": int, "mix_offline": bool, "ci": str}
 _PART_KEYS = {"policy", "steps", "action_noise", "epsilon"}
 
 
@@ -128,6 +128,8 @@ def _validate(cfg: Any, source: str) -> dict:
     ope = top.get("ope", {})
     if "fqe" in ope:
         dataclass_from_dict(FQEConfig, ope["fqe"], where=f"{source}: ope.fqe")
+    if ope.get("ci", "bootstrap") not in INTERVALS:
+        raise ConfigError(f"{source}: ope.ci = {ope['ci']!r}; expected one of {list(INTERVALS)}")
     by = top.get("select", {}).get("by", "fqe")
     if by not in ope.get("estimators", ["fqe", "pdis", "snpdis", "dr"]):
         raise ConfigError(f"{source}: select.by = {by!r} is not one of ope.estimators")
@@ -204,25 +206,33 @@ def _run_stages(run: RunDir, cfg: dict, source: str, progress: bool) -> None:
     estimators = tuple(ope_cfg.get("estimators", ["fqe", "pdis", "snpdis", "dr"]))
     fqe_config = dataclass_from_dict(FQEConfig, ope_cfg["fqe"], where=f"{source}: ope.fqe") if "fqe" in ope_cfg \
         else None
+    fqe_steps = ope_cfg.get("fqe_steps")  # None: a budget that fits the discount horizon, with an early stop
     results = evaluate_ope(dataset, policies, estimators=estimators, gamma=gamma, fqe_config=fqe_config,
-                           fqe_steps=int(ope_cfg.get("fqe_steps", 5000)), seed=seed, progress=progress)
+                           fqe_steps=None if fqe_steps is None else int(fqe_steps), seed=seed, progress=progress,
+                           ci=ope_cfg.get("ci", "bootstrap"))
     n_eval = int(ope_cfg.get("eval_episodes", 10))
     truth = {n: evaluate_policy(policies[n], env_id, n_eval, seed=50_000, deterministic=False, gamma=gamma)
              for n in names}
     behavior_value = float(np.mean(dataset.episode_returns(gamma)))
     sel_cfg = cfg.get("select", {})
-    by, k = sel_cfg.get("by", "fqe"), int(sel_cfg.get("k", 1))
+    asked, k = sel_cfg.get("by", "fqe"), int(sel_cfg.get("k", 1))
+    by, usable, why = pick_estimator(results, asked, estimators)  # falls back to estimators whose diagnostics pass
+    console.print(f"selection: {why}")
     selection = select({n: results[n][by] for n in names}, k=min(k, len(names)),
-                       true_values={n: truth[n]["discounted_mean"] for n in names}, behavior_value=behavior_value)
+                       true_values={n: truth[n]["discounted_mean"] for n in names}, behavior_value=behavior_value,
+                       threshold=behavior_value)
+    sel_info = {"selected_by": by, "requested_by": asked, "usable_estimators": usable, "selection_note": why}
     best = selection.top_k[0]
     ope_table = {n: {e: json_ready(r.to_dict()) for e, r in results[n].items()} for n in names}
     run.write_json("ope.json", {"gamma": gamma, "estimates": ope_table, "true": json_ready(truth)})
-    run.write_json("selection.json", json_ready(selection.to_dict()))
+    run.write_json("selection.json", json_ready({**selection.to_dict(), **sel_info}))
     for est in estimators:
         rs = [results[n][est] for n in names]
-        plot_estimates(names, [r.estimate for r in rs], [r.ci_low for r in rs], [r.ci_high for r in rs],
+        lo_est_hi = [[float("nan")] * 3 if r.degenerate else [r.ci_low, r.estimate, r.ci_high] for r in rs]
+        lo, mid, hi = (list(x) for x in zip(*lo_est_hi))  # a degenerate estimate is not drawn as a number
+        plot_estimates(names, mid, lo, hi,
                        true_values=[truth[n]["discounted_mean"] for n in names], out_png=img / f"ope_{est}.png",
-                       title=f"{est} estimate (95% CI) vs true discounted return, {env_id}")
+                       title=f"{est} estimate ({rs[0].interval} CI) vs true discounted return, {env_id}")
     timings["ope"] = time.perf_counter() - t0 - sum(timings.values())
 
     # 4. Fine-tune the selected candidate online.
@@ -243,12 +253,14 @@ def _run_stages(run: RunDir, cfg: dict, source: str, progress: bool) -> None:
         ft_eval["before"] = before
     timings["finetune"] = time.perf_counter() - t0 - sum(timings.values())
 
-    summary_out = {"env_id": env_id, "dataset": summary, "selected": best, "selection": json_ready(selection.to_dict()),
+    summary_out = {"env_id": env_id, "dataset": summary, "selected": best,
+                   "selection": json_ready({**selection.to_dict(), **sel_info}),
                    "finetune": ft_eval, "timings_s": timings}
     run.write_json("summary.json", json_ready(summary_out))
     from hybridrl.pipeline_report import write_pipeline_report
 
-    write_pipeline_report(run, cfg, summary, names, estimators, results, truth, selection, ft_eval, timings)
+    write_pipeline_report(run, cfg, summary, names, estimators, results, truth, selection, ft_eval, timings,
+                          selection_info=sel_info)
     run.commit()
     console.print(f"[green]pipeline finished[/] in {sum(timings.values()):.0f} s: see {run.report_md}")
 

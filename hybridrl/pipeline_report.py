@@ -17,7 +17,7 @@ def _fmt(x) -> str:
 
 
 def write_pipeline_report(run: RunDir, cfg: dict, summary: dict, names, estimators, results, truth, selection,
-                          ft_eval: dict | None, timings: dict) -> None:
+                          ft_eval: dict | None, timings: dict, selection_info: dict | None = None) -> None:
     env_id, gamma = cfg["env_id"], cfg.get("gamma", 0.99)
     L = [f"# hybridrl pipeline on {env_id}", "",
          f"Written {_dt.datetime.now().isoformat(timespec='seconds')}. Every number below was measured in this run; "
@@ -31,12 +31,14 @@ def write_pipeline_report(run: RunDir, cfg: dict, summary: dict, names, estimato
           + ". Behaviour: "
           + "; ".join(f"{p.get('policy', 'random')} × {p['steps']} steps" for p in cfg["collect"]["parts"]) + ".",
           "", "![dataset returns](img/dataset_returns.png)", ""]
+    first = next(iter(results[names[0]].values()))
     L += ["## 2. Offline candidates and 3. off-policy evaluation", "",
           f"Estimates of the discounted value (γ = {gamma}) of each candidate's stochastic policy from the dataset "
-          f"alone, with 95% bootstrap intervals, next to its true discounted return from "
-          f"{cfg.get('ope', {}).get('eval_episodes', 10)} online episodes. Importance-sampling estimators multiply "
-          "per-step ratios over up to 1,000 steps, so on MuJoCo they are expected to be degenerate: their effective "
-          "sample size is shown.", "",
+          f"alone, with {first.confidence:.0%} {first.interval} intervals ({first.interval_meaning}), next to its "
+          f"true discounted return from {cfg.get('ope', {}).get('eval_episodes', 10)} online episodes. "
+          "Importance-sampling estimators multiply per-step ratios over up to 1,000 steps; an estimate whose "
+          "effective sample size (ESS) is too small or whose weights overflow is marked **degenerate** and shown "
+          "without a number, and a critic-based estimate whose FQE fit did not converge is flagged.", "",
           "| candidate | algo | true (online) | " + " | ".join(estimators) + " |",
           "| --- | --- | ---: | " + " | ".join("---:" for _ in estimators) + " |"]
     algos = {c["name"]: c["algo"] + (" " + " ".join(c.get("set", [])) if c.get("set") else "")
@@ -46,19 +48,26 @@ def write_pipeline_report(run: RunDir, cfg: dict, summary: dict, names, estimato
         for e in estimators:
             r = results[n][e]
             ess = r.diagnostics.get("ess") if r.diagnostics else None
-            cells.append(f"{_fmt(r.estimate)} [{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]"
-                         + (f" ess {ess:.1f}" if ess is not None else ""))
+            cells.append(r.cell() if r.degenerate else
+                         r.cell() + (f" ess {ess:.1f}" if ess is not None else ""))
         t = truth[n]
         L.append(f"| {n} | {algos[n]} | {t['discounted_mean']:.2f} ± {t['discounted_std']:.2f} "
                  f"(return {t['mean']:.0f}) | " + " | ".join(cells) + " |")
     L += [""] + [f"![{e}](img/ope_{e}.png)" for e in estimators] + [""]
+    degenerate = [f"`{n}` / `{e}`: " + "; ".join(results[n][e].degenerate_reasons)
+                  for n in names for e in estimators if results[n][e].degenerate]
+    if degenerate:
+        L += ["Degenerate estimates (not usable):", ""] + [f"- {d}" for d in degenerate] + [""]
     notes = sorted({note for n in names for e in estimators for note in results[n][e].notes})
     if notes:
-        L += ["Notes: " + " ".join(notes), ""]
+        L += ["Notes:", ""] + [f"- {note}" for note in notes] + [""]
     sel = selection.to_dict()
+    info = selection_info or {}
+    by = info.get("selected_by", cfg.get("select", {}).get("by", "fqe"))
     L += ["## Selection", "",
-          f"Ranked by `{cfg.get('select', {}).get('by', 'fqe')}`: " + ", ".join(sel["ranking"])
-          + f"; top-{len(sel['top_k'])}: " + ", ".join(sel["top_k"]) + "."]
+          f"Ranked by `{by}`: " + ", ".join(sel["ranking"]) + f"; top-{len(sel['top_k'])}: " + ", ".join(sel["top_k"])
+          + "." + (f" {info['selection_note'][0].upper()}{info['selection_note'][1:]}." if info.get("selection_note")
+                   else "")]
     metrics = {k: v for k, v in sel.items() if k not in ("ranking", "top_k", "estimates", "true_values")}
     if metrics:
         L += ["", "| metric | value |", "| --- | ---: |"]

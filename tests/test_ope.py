@@ -216,8 +216,9 @@ def test_overflowing_weights_keep_snpdis_finite_and_flag_pdis():
     big = estimate_value("snpdis", data, pi, 0.5, behavior_log_prob=blp - 500.0, n_boot=20)
     assert big.estimate == pytest.approx(ref.estimate, rel=1e-9) and np.isfinite(big.ci_low)
     p = estimate_value("pdis", data, pi, 0.5, behavior_log_prob=blp - 500.0, n_boot=20)
-    assert not np.isfinite(p.estimate) and any("overflow" in n for n in p.notes)
-    assert p.diagnostics["max_log_weight"] > 709
+    assert not np.isfinite(p.estimate) and p.degenerate and not p.usable
+    assert any("overflow" in n for n in p.degenerate_reasons) and p.to_dict()["degenerate"]
+    assert p.diagnostics["max_log_weight"] > 709 and not any("overflow" in r for r in big.degenerate_reasons)
 
 
 def test_results_serialise_to_json():
@@ -283,9 +284,13 @@ def test_evaluate_ope_shares_fqe_and_estimates_behavior_by_bc(chain_data):
                        fqe_config=FQEConfig(hidden=(32, 32), lr=1e-3, tau=0.05, batch_size=128), behavior_steps=150,
                        n_boot=200)
     assert set(out) == set(policies) and set(out["right"]) == {"fqe", "pdis", "dr"}
-    note = "behaviour log-probabilities estimated by behaviour cloning (150 steps)"
-    assert note in out["right"]["pdis"].notes and note in out["right"]["dr"].notes
-    assert note not in out["right"]["fqe"].notes and out["right"]["fqe"].estimator == "fqe"
+    note = "behaviour log-probabilities estimated by behaviour cloning (150 steps"
+    assert any(n.startswith(note) for n in out["right"]["pdis"].notes)
+    assert any(n.startswith(note) for n in out["right"]["dr"].notes)
+    assert not any(n.startswith(note) for n in out["right"]["fqe"].notes) and out["right"]["fqe"].estimator == "fqe"
+    # the behaviour model's held-out diagnostics are in every IS-based result (mean weight ~1 when calibrated)
+    assert out["right"]["pdis"].diagnostics["behavior_heldout_mean_weight"] == pytest.approx(1.0, abs=0.15)
+    assert np.isfinite(out["right"]["dr"].diagnostics["behavior_heldout_loglik"])
     assert out["right"]["pdis"].behavior_estimated and out["right"]["pdis"].to_dict()["behavior_estimated"]
     assert not out["right"]["fqe"].behavior_estimated
     truth = chain_policy_value(TARGET, GAMMA)
@@ -344,3 +349,61 @@ def test_select_accepts_results_and_validates():
         select(EST, 2, true_values={"A": 1.0})
     with pytest.raises(ConfigError, match="true_values"):
         select(EST, 2, behavior_value=1.0)
+
+
+def test_tis_sntis_sndr_cover_the_chain_value(chain_data, chain_fqe):
+    """hybridrl/Chain-v0 (ChainEnv(5, 0.1, 20)) against the analytic finite-horizon value."""
+    truth = chain_policy_value(TARGET, GAMMA, slip=0.1, horizon=20)
+    pi = chain_fqe.policy
+    for name in ("tis", "sntis", "sndr"):
+        r = estimate_value(name, chain_data, pi, GAMMA, chain_fqe, n_boot=300)
+        assert r.ci_low <= truth <= r.ci_high, (name, r.estimate, r.ci_low, r.ci_high, truth)
+        assert not r.degenerate and r.interval == "bootstrap" and "bootstrap" in r.interval_meaning
+    t = estimate_value("pdis", chain_data, pi, GAMMA, ci="t")
+    h = estimate_value("pdis", chain_data, pi, GAMMA, ci="hoeffding")
+    assert t.ci_low <= truth <= t.ci_high and h.ci_low <= t.ci_low and h.ci_high >= t.ci_high
+    assert any("observed range" in n for n in h.notes) and h.to_dict()["interval"] == "hoeffding"
+    with pytest.raises(ConfigError, match="interval"):
+        estimate_value("pdis", chain_data, pi, GAMMA, ci="wald")
+
+
+def test_type_i_ii_error_rates_and_top_k_stats_hand_computed():
+    from hybridrl.ope import error_rates, pick_estimator, top_k_stats
+
+    # threshold 6: truly unsafe C (5), D (1); passed (est >= 6): B (9), A (7) -> type I 0/2; safe A, B both passed
+    assert error_rates(EST, TRUE, 6.0) == (0.0, 0.0)
+    # threshold 8.5: unsafe B (8), C, D; passed B (9) -> type I 1/3; safe A (10) rejected (7 < 8.5) -> type II 1/1
+    t1, t2 = error_rates(EST, TRUE, 8.5)
+    assert t1 == pytest.approx(1 / 3) and t2 == 1.0
+    assert np.isnan(error_rates(EST, TRUE, 0.0)[0])  # no unsafe policy
+    lower = {n: OPEResult("pdis", v, None, v - 3, v + 3) for n, v in EST.items()}  # lower bounds 4, 6, -1, 0
+    assert error_rates(lower, TRUE, 6.0, use_lower_bound=True) == (0.0, 0.5)  # A (lower 4) rejected
+    with pytest.raises(ConfigError, match="use_lower_bound"):
+        error_rates(EST, TRUE, 6.0, use_lower_bound=True)
+    # top-3 by estimate: B, A, D -> true 8, 10, 1
+    st = top_k_stats(EST, TRUE, 3)
+    assert (st["best"], st["worst"], st["mean"]) == (10.0, 1.0, pytest.approx(19 / 3))
+    assert st["std"] == pytest.approx(np.sqrt(67 / 3)) and np.isnan(top_k_stats(EST, TRUE, 1)["std"])
+    res = select(EST, 3, TRUE, threshold=8.5)
+    assert res.worst_at_k == 1.0 and res.mean_at_k == pytest.approx(19 / 3) and res.type_ii_error_rate == 1.0
+    # pick_estimator: the preferred one is degenerate for one candidate -> the first usable one, said in words
+    good = OPEResult("snpdis", 1.0, None, 0.0, 2.0)
+    bad = OPEResult("pdis", 1e36, None, 0.0, 1e37, degenerate=True, degenerate_reasons=["effective sample size 1.0"])
+    results = {"a": {"pdis": bad, "snpdis": good}, "b": {"pdis": good, "snpdis": good}}
+    by, usable, why = pick_estimator(results, "pdis", ["pdis", "snpdis"])
+    assert by == "snpdis" and usable == ["snpdis"] and "instead of pdis" in why and "a: degenerate" in why
+    assert pick_estimator(results, "snpdis", ["pdis", "snpdis"])[0] == "snpdis"
+    assert bad.cell().startswith("degenerate") and "e+36" not in bad.cell()
+
+
+def test_estimates_outside_the_possible_value_range_are_degenerate():
+    from hybridrl.ope import degeneracy
+
+    assert degeneracy(150.0, {}, 10, value_bounds=(0.0, 100.0))[0].startswith("the estimate 150 lies outside")
+    assert degeneracy(100.5, {}, 10, value_bounds=(0.0, 100.0)) == []  # within the 1% slack
+    data, pi = two_episode_data()  # rewards in [0, 2], gamma 0.5: any value lies in [0, 4]
+    huge = SimpleNamespace(policy=pi, config=SimpleNamespace(gamma=0.5), q=lambda o, a: torch.full((len(o),), 500.0),
+                           value=lambda o: torch.full((len(o),), 500.0))
+    r = estimate_value("dm", data, pi, 0.5, huge, n_boot=0)
+    assert r.degenerate and "outside [0, 4]" in r.degenerate_reasons[0]
+    assert r.cell() == "degenerate (outside the possible range)"

@@ -13,7 +13,15 @@ Values at padded positions are ignored. Notation (SCOPE-RL, Kiyohara et al. 2023
     SNPDIS:  J = (1/n) sum_i sum_t gamma^t w^i_{0:t} / ((1/n) sum_j w^j_{0:t} + 1e-10) r^i_t
     DR:      J = (1/n) sum_i sum_t gamma^t [ w^i_{0:t} (r^i_t - Qhat(s^i_t, a^i_t))
                                              + w^i_{0:t-1} sum_a pi(a|s^i_t) Qhat(s^i_t, a) ]   (Jiang & Li 2016, eq. 5)
+    TIS:     J = (1/n) sum_i w^i_{0:T_i-1} sum_t gamma^t r^i_t                       (trajectory-wise IS)
+    SNTIS:   J = (1/n) sum_i w^i_{0:T_i-1} / ((1/n) sum_j w^j_{0:T_j-1} + 1e-10) sum_t gamma^t r^i_t
+    SNDR:    DR with w_{0:t} and w_{0:t-1} each divided by their mean over the n episodes (+1e-10)
     ESS:     (sum_i w^i)^2 / sum_i (w^i)^2 of the final weights w^i_{0:T_i-1}           (Kong 1992)
+
+Per-step clipping (``clip=c``): every ``w_t`` is replaced by ``min(w_t, c)`` before the products. This bounds the
+variance (each cumulative weight is at most c^t) at the price of bias: E_{pi_0}[min(w_t, c) f] <= E_{pi_0}[w_t f] for
+f >= 0, so with non-negative rewards a clipped IS estimate is biased downwards, by E_{pi_0}[(w_t - c)_+ f] per step;
+the bias vanishes only when no weight exceeds c (``diagnostics["clipped_fraction"]`` is the share of clipped steps).
 
 An episode that has ended is absorbing with reward 0: its rewards are padded with zeros and its cumulative weight
 stays frozen at ``w_{0:T_i-1}``, so the SNPDIS normaliser at step t averages over ALL n episodes. (Normalising over
@@ -24,8 +32,9 @@ Numerics: weights are accumulated in log space (float64). SNPDIS rescales each s
 which cancels in the ratio, so it stays finite when raw weights overflow; PDIS and DR then return inf/NaN with a
 note ("importance weights overflow"), and ``diagnostics["max_log_weight"]`` shows how far.
 
-Confidence intervals: :func:`bootstrap_ci` over episodes, with the estimate's own ``resample`` statistic (the mean
-of per-episode values for PDIS and DR; SNPDIS recomputes the self-normalised estimate on every resample).
+Confidence intervals: :mod:`hybridrl.ope.intervals` over episodes, with the estimate's own ``resample`` statistic
+for the bootstrap (the mean of per-episode values for PDIS, TIS and DR; the self-normalised estimators recompute
+the normaliser on every resample). :func:`degeneracy` says in words when an estimate cannot be used.
 """
 
 from __future__ import annotations
@@ -37,11 +46,16 @@ import numpy as np
 from scipy.special import logsumexp
 
 from hybridrl.errors import ConfigError, ShapeError
+from hybridrl.ope.intervals import bootstrap_ci
 
-__all__ = ["Estimate", "bootstrap_ci", "dr", "log_weights", "mean_estimate", "pdis", "snpdis", "weight_diagnostics"]
+__all__ = [
+    "MIN_ESS", "Estimate", "bootstrap_ci", "degeneracy", "dr", "log_weights", "mean_estimate", "pdis", "sndr", "snpdis",
+    "sntis", "tis", "weight_diagnostics",
+]
 
 SN_EPS = 1e-10  # SCOPE-RL's guard in the self-normaliser (discrete/basic_estimators.py)
 LOG_MAX = float(np.log(np.finfo(np.float64).max))  # ~709.8: larger log-weights overflow to inf
+MIN_ESS = 10.0  # default ESS threshold of degeneracy (capped at a tenth of the episodes, see degeneracy())
 
 
 @dataclass
@@ -89,9 +103,17 @@ def _check(gamma: float, mask: np.ndarray, **arrays: np.ndarray) -> tuple[np.nda
     return mask, out
 
 
-def log_weights(log_ratio: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """``log w_{0:t}`` as float64 ``[E, T]``: cumulative log-ratios, frozen at the final value after an episode ends."""
-    return np.cumsum(np.where(mask, np.asarray(log_ratio, dtype=np.float64), 0.0), axis=1)
+def log_weights(log_ratio: np.ndarray, mask: np.ndarray, clip: float | None = None) -> np.ndarray:
+    """``log w_{0:t}`` as float64 ``[E, T]``: cumulative log-ratios, frozen at the final value after an episode ends.
+
+    ``clip = c > 0`` first replaces each per-step ratio by ``min(w_t, c)`` (module docstring: biased).
+    """
+    lr = np.where(mask, np.asarray(log_ratio, dtype=np.float64), 0.0)
+    if clip is not None:
+        if not clip > 0:
+            raise ConfigError(f"clip must be > 0 (the largest per-step importance ratio kept), got {clip}")
+        lr = np.minimum(lr, np.log(float(clip)))
+    return np.cumsum(lr, axis=1)
 
 
 def weight_diagnostics(logw: np.ndarray) -> tuple[dict[str, float], list[str]]:
@@ -113,6 +135,49 @@ def weight_diagnostics(logw: np.ndarray) -> tuple[dict[str, float], list[str]]:
     return diag, notes
 
 
+def _weights(log_ratio, mask, clip) -> tuple[np.ndarray, dict[str, float], list[str]]:
+    """``log w_{0:t}`` (clipped if asked), diagnostics and notes, with the clipping share and its bias note."""
+    logw = log_weights(log_ratio, mask, clip)
+    diag, notes = weight_diagnostics(logw)
+    if clip is not None:
+        n_clipped = int((np.asarray(log_ratio)[mask] > np.log(float(clip))).sum())
+        diag["clip"] = float(clip)
+        diag["clipped_fraction"] = n_clipped / max(int(mask.sum()), 1)
+        notes.append(f"per-step importance ratios clipped at {clip:g} ({n_clipped} of {int(mask.sum())} steps): "
+                     "the estimate is biased (downwards for non-negative rewards)")
+    return logw, diag, notes
+
+
+def degeneracy(estimate: float, diagnostics: dict[str, float], n_episodes: int, min_ess: float = MIN_ESS,
+               self_normalised: bool = False, value_bounds: tuple[float, float] | None = None) -> list[str]:
+    """Reasons, in words, why an estimate cannot be used (empty list: usable).
+
+    Degenerate when: the estimate is not finite; a log-weight exceeds log(float64 max) (``max_log_weight``; not for
+    ``self_normalised`` estimators, which rescale the weights and stay finite); or the
+    effective sample size ``ess`` is below ``min(min_ess, max(n_episodes / 10, 1.5))`` (an IS estimate then rests on a
+    handful of episodes; the cap keeps small datasets from being flagged for their size alone, the floor of 1.5 still
+    flags an estimate that rests on a single episode); or the estimate lies outside ``value_bounds = (lo, hi)``, the
+    values any policy can have (e.g. ``r_min / (1 - gamma), r_max / (1 - gamma)``), by more than 1% of ``hi - lo``.
+    """
+    reasons = []
+    if not np.isfinite(estimate):
+        reasons.append(f"the estimate is {estimate} (not finite)")
+    mx = diagnostics.get("max_log_weight")
+    if mx is not None and mx > LOG_MAX and not self_normalised:
+        reasons.append(f"importance weights overflow float64 (largest log-weight {mx:.0f} > {LOG_MAX:.0f})")
+    if value_bounds is not None and np.isfinite(estimate):
+        lo, hi = (float(b) for b in value_bounds)
+        slack = 0.01 * (hi - lo)
+        if not lo - slack <= estimate <= hi + slack:
+            reasons.append(f"the estimate {estimate:.4g} lies outside [{lo:.4g}, {hi:.4g}], the values any policy can "
+                           "have with these rewards and gamma")
+    ess = diagnostics.get("ess")
+    threshold = min(float(min_ess), max(n_episodes / 10.0, 1.5))
+    if ess is not None and ess < threshold:
+        reasons.append(f"effective sample size {ess:.1f} of {n_episodes} episodes is below {threshold:g}")
+    return reasons
+
+
 def mean_estimate(per_episode: np.ndarray, diagnostics: dict[str, float] | None = None,
                   notes: list[str] | None = None) -> Estimate:
     """The mean of independent per-episode values ``[E]`` (PDIS, DR, DM); resamples average the drawn episodes."""
@@ -121,37 +186,79 @@ def mean_estimate(per_episode: np.ndarray, diagnostics: dict[str, float] | None 
     return Estimate(float(per_ep.mean()), per_ep, lambda c: c @ per_ep / e, dict(diagnostics or {}), list(notes or []))
 
 
-def pdis(log_ratio: np.ndarray, rewards: np.ndarray, mask: np.ndarray, gamma: float) -> Estimate:
+def _self_normalised(logw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Weights rescaled per column by ``exp(-max_i log w)`` and the 1e-10 guard scaled alike (cancels in ratios)."""
+    m = logw.max(0)
+    m = np.where(np.isfinite(m), m, 0.0)
+    return np.exp(logw - m), SN_EPS * _exp(-m)
+
+
+def pdis(log_ratio: np.ndarray, rewards: np.ndarray, mask: np.ndarray, gamma: float,
+         clip: float | None = None) -> Estimate:
     """Per-decision importance sampling (Precup, Sutton & Singh 2000; module docstring).
 
-    Args: ``log_ratio``, ``rewards``, ``mask``: ``[E, T]`` (module docstring); ``gamma`` in [0, 1].
+    Args: ``log_ratio``, ``rewards``, ``mask``: ``[E, T]`` (module docstring); ``gamma`` in [0, 1]; ``clip``: per-step
+    ratio cap c > 0 or None (biased when it binds; module docstring).
     Returns: :class:`Estimate` with per-episode ``sum_t gamma^t w_{0:t} r_t`` and weight diagnostics.
-    Raises: ShapeError (shapes, mask not a prefix), ConfigError (gamma).
-    Unbiased for the value of episodes as long as the logged ones when pi_0 covers pi's support.
+    Raises: ShapeError (shapes, mask not a prefix), ConfigError (gamma, clip).
+    Unbiased for the value of episodes as long as the logged ones when pi_0 covers pi's support (and no clipping).
     """
     mask, a = _check(gamma, mask, log_ratio=log_ratio, rewards=rewards)
-    logw = log_weights(a["log_ratio"], mask)
+    logw, diag, notes = _weights(a["log_ratio"], mask, clip)
     disc = float(gamma) ** np.arange(logw.shape[1])
     with np.errstate(invalid="ignore"):
         per_ep = (disc * _exp(logw) * np.where(mask, a["rewards"], 0.0)).sum(1)
-    return mean_estimate(per_ep, *weight_diagnostics(logw))
+    return mean_estimate(per_ep, diag, notes)
 
 
-def snpdis(log_ratio: np.ndarray, rewards: np.ndarray, mask: np.ndarray, gamma: float) -> Estimate:
+def tis(log_ratio: np.ndarray, rewards: np.ndarray, mask: np.ndarray, gamma: float,
+        clip: float | None = None) -> Estimate:
+    """Trajectory-wise importance sampling: ``(1/n) sum_i w^i_{0:T_i-1} sum_t gamma^t r^i_t`` (module docstring).
+
+    Arguments, errors and diagnostics as :func:`pdis`. Unbiased under coverage; its variance is at least PDIS's
+    for non-negative rewards, since every reward carries the whole episode's weight.
+    """
+    mask, a = _check(gamma, mask, log_ratio=log_ratio, rewards=rewards)
+    logw, diag, notes = _weights(a["log_ratio"], mask, clip)
+    disc = float(gamma) ** np.arange(logw.shape[1])
+    ret = (disc * np.where(mask, a["rewards"], 0.0)).sum(1)
+    with np.errstate(invalid="ignore"):
+        per_ep = _exp(logw[:, -1]) * ret
+    return mean_estimate(per_ep, diag, notes)
+
+
+def sntis(log_ratio: np.ndarray, rewards: np.ndarray, mask: np.ndarray, gamma: float,
+          clip: float | None = None) -> Estimate:
+    """Self-normalised TIS: final weights divided by their mean over the n episodes (+1e-10; module docstring).
+
+    Arguments, errors and diagnostics as :func:`pdis`. Consistent, biased, bounded by the range of the discounted
+    returns; finite when raw weights overflow. ``resample`` recomputes the normaliser.
+    """
+    mask, a = _check(gamma, mask, log_ratio=log_ratio, rewards=rewards)
+    logw, diag, notes = _weights(a["log_ratio"], mask, clip)
+    disc = float(gamma) ** np.arange(logw.shape[1])
+    ret = (disc * np.where(mask, a["rewards"], 0.0)).sum(1)
+    w, eps = _self_normalised(logw[:, -1:])
+    w, eps = w[:, 0], float(eps[0])
+    e = len(w)
+    per_ep = w * ret / (w.mean() + eps)
+    return Estimate(float(per_ep.mean()), per_ep, lambda c: (c @ (w * ret) / e) / (c @ w / e + eps), diag,
+                    [n for n in notes if "overflow" not in n])
+
+
+def snpdis(log_ratio: np.ndarray, rewards: np.ndarray, mask: np.ndarray, gamma: float,
+           clip: float | None = None) -> Estimate:
     """Self-normalised PDIS: at each step t the weights are divided by their mean over all E episodes (+1e-10).
 
     Arguments, errors and diagnostics as :func:`pdis`. Ended episodes keep their final weight (module docstring).
     Consistent but biased; bounded by the reward range. ``resample`` recomputes the self-normalisation.
     """
     mask, a = _check(gamma, mask, log_ratio=log_ratio, rewards=rewards)
-    logw = log_weights(a["log_ratio"], mask)
+    logw, diag, notes = _weights(a["log_ratio"], mask, clip)
     disc = float(gamma) ** np.arange(logw.shape[1])
     # Scale each step's weights by exp(-max_i log w) (cancels in the ratio; the 1e-10 guard is scaled alike),
     # so that the self-normalised estimate stays finite when the raw weights overflow.
-    m = logw.max(0)
-    m = np.where(np.isfinite(m), m, 0.0)
-    w = np.exp(logw - m)
-    eps = SN_EPS * _exp(-m)
+    w, eps = _self_normalised(logw)
     wr = w * np.where(mask, a["rewards"], 0.0)
     e = w.shape[0]
     per_ep = (disc * wr / (w.mean(0) + eps)).sum(1)
@@ -159,60 +266,51 @@ def snpdis(log_ratio: np.ndarray, rewards: np.ndarray, mask: np.ndarray, gamma: 
     def resample(c: np.ndarray) -> np.ndarray:
         return ((c @ wr / e) / (c @ w / e + eps) * disc).sum(1)
 
-    diag, _ = weight_diagnostics(logw)
-    return Estimate(float(per_ep.mean()), per_ep, resample, diag, [])
+    return Estimate(float(per_ep.mean()), per_ep, resample, diag, [n for n in notes if "overflow" not in n])
+
+
+def _dr_inputs(log_ratio, rewards, mask, gamma, q_hat, v_hat, clip):
+    mask, a = _check(gamma, mask, log_ratio=log_ratio, rewards=rewards, q_hat=q_hat, v_hat=v_hat)
+    logw, diag, notes = _weights(a["log_ratio"], mask, clip)
+    logw_prev = np.concatenate([np.zeros((logw.shape[0], 1)), logw[:, :-1]], axis=1)  # log w_{0:t-1}
+    q, v = np.where(mask, a["q_hat"], 0.0), np.where(mask, a["v_hat"], 0.0)
+    r = np.where(mask, a["rewards"], 0.0)
+    disc = float(gamma) ** np.arange(logw.shape[1])
+    return mask, logw, logw_prev, r, q, v, disc, diag, notes
 
 
 def dr(log_ratio: np.ndarray, rewards: np.ndarray, mask: np.ndarray, gamma: float, q_hat: np.ndarray,
-       v_hat: np.ndarray) -> Estimate:
+       v_hat: np.ndarray, clip: float | None = None) -> Estimate:
     """Per-decision doubly robust estimator (Jiang & Li 2016, eq. 5; SCOPE-RL's DR; module docstring).
 
     Args: as :func:`pdis`, plus ``q_hat [E, T]`` = Qhat(s_t, a_t) and ``v_hat [E, T]`` = E_{a~pi} Qhat(s_t, a).
     Returns/raises as :func:`pdis`. Unbiased (like PDIS) for any critic when pi_0 is known; lower variance when
     Qhat is accurate.
     """
-    mask, a = _check(gamma, mask, log_ratio=log_ratio, rewards=rewards, q_hat=q_hat, v_hat=v_hat)
-    logw = log_weights(a["log_ratio"], mask)
-    logw_prev = np.concatenate([np.zeros((logw.shape[0], 1)), logw[:, :-1]], axis=1)  # log w_{0:t-1}
-    q, v = np.where(mask, a["q_hat"], 0.0), np.where(mask, a["v_hat"], 0.0)
-    disc = float(gamma) ** np.arange(logw.shape[1])
+    mask, logw, logw_prev, r, q, v, disc, diag, notes = _dr_inputs(log_ratio, rewards, mask, gamma, q_hat, v_hat,
+                                                                    clip)
     with np.errstate(invalid="ignore"):
-        terms = _exp(logw) * (np.where(mask, a["rewards"], 0.0) - q) + _exp(logw_prev) * v
+        terms = _exp(logw) * (r - q) + _exp(logw_prev) * v
         per_ep = (disc * np.where(mask, terms, 0.0)).sum(1)
-    return mean_estimate(per_ep, *weight_diagnostics(logw))
+    return mean_estimate(per_ep, diag, notes)
 
 
-def bootstrap_ci(statistic: Callable[[np.ndarray], np.ndarray], n_episodes: int, n_boot: int = 1000,
-                 confidence: float = 0.95, rng: int | np.random.Generator | None = None) -> tuple[float, float]:
-    """Percentile bootstrap interval of an episode-level statistic (Efron & Tibshirani 1993, ch. 13).
-
-    Each resample draws ``n_episodes`` episodes with replacement. It is passed to ``statistic`` as a
-    counts matrix ``C [b, E]`` float64 (``C[k, i]`` = how often episode i was drawn in resample k; each row
-    sums to E), equivalent to the resampled indices but usable in matrix products. ``statistic(C)`` must
-    return ``[b]`` (e.g. :attr:`Estimate.resample`). Resamples are processed in blocks of about 4e6 counts.
-
-    Args:
-        statistic: vectorised statistic of a batch of resamples, e.g. ``lambda c: c @ per_episode / E``.
-        n_episodes: E >= 1.
-        n_boot: number of resamples (0 returns ``(nan, nan)``).
-        confidence: level in (0, 1); the interval is the ``(1-c)/2`` and ``(1+c)/2`` quantiles.
-        rng: generator or seed.
-    Returns: ``(low, high)``.
-    Raises: ConfigError on a bad ``n_boot``/``confidence``/``n_episodes``.
+def sndr(log_ratio: np.ndarray, rewards: np.ndarray, mask: np.ndarray, gamma: float, q_hat: np.ndarray,
+         v_hat: np.ndarray, clip: float | None = None) -> Estimate:
+    """Self-normalised DR (SCOPE-RL's SNDR): DR with ``w_{0:t}`` and ``w_{0:t-1}`` each divided by their mean over
+    the n episodes (+1e-10). Arguments as :func:`dr`. Consistent, biased; finite when raw weights overflow.
+    ``resample`` recomputes both normalisers.
     """
-    if n_boot < 0 or not 0.0 < confidence < 1.0 or n_episodes < 1:
-        raise ConfigError(f"bootstrap_ci: need n_boot >= 0, 0 < confidence < 1, n_episodes >= 1; got "
-                          f"{n_boot}, {confidence}, {n_episodes}")
-    if n_boot == 0:
-        return float("nan"), float("nan")
-    gen, e = (rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)), int(n_episodes)
-    block = max(1, int(4e6 // e))
-    stats = []
-    for start in range(0, n_boot, block):
-        b = min(block, n_boot - start)
-        idx = gen.integers(0, e, size=(b, e)) + e * np.arange(b)[:, None]
-        counts = np.bincount(idx.ravel(), minlength=b * e).reshape(b, e).astype(np.float64)
-        stats.append(np.asarray(statistic(counts), dtype=np.float64).reshape(b))
-    alpha = (1.0 - confidence) / 2
-    low, high = np.quantile(np.concatenate(stats), [alpha, 1.0 - alpha])
-    return float(low), float(high)
+    mask, logw, logw_prev, r, q, v, disc, diag, notes = _dr_inputs(log_ratio, rewards, mask, gamma, q_hat, v_hat,
+                                                                    clip)
+    w, eps = _self_normalised(logw)
+    wp, epsp = _self_normalised(logw_prev)
+    a_term = np.where(mask, w * (r - q), 0.0)
+    b_term = np.where(mask, wp * v, 0.0)
+    e = w.shape[0]
+    per_ep = (disc * (a_term / (w.mean(0) + eps) + b_term / (wp.mean(0) + epsp))).sum(1)
+
+    def resample(c: np.ndarray) -> np.ndarray:
+        return (disc * ((c @ a_term / e) / (c @ w / e + eps) + (c @ b_term / e) / (c @ wp / e + epsp))).sum(1)
+
+    return Estimate(float(per_ep.mean()), per_ep, resample, diag, [n for n in notes if "overflow" not in n])

@@ -25,22 +25,28 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from hybridrl.algos.fqe import FQEConfig, FQELearner
+from hybridrl.algos.fqe import FQEConfig, FQELearner, default_max_steps
+from hybridrl.algos.fqe import fit as fqe_fit
 from hybridrl.data.dataset import Dataset
-from hybridrl.errors import ConfigError, DatasetError, DivergenceError, ShapeError
+from hybridrl.errors import ConfigError, DatasetError, ShapeError
 from hybridrl.nn import Policy, policy_matches_spaces
-from hybridrl.ope import core
+from hybridrl.ope import core, intervals
 from hybridrl.runs.progress import progress_bar
 
 __all__ = [
-    "ESTIMATORS", "OPEResult", "check_policy_fits_dataset", "episode_arrays", "estimate_value", "evaluate_ope",
-    "fit_fqe", "importance_weights",
+    "DEFAULT_ESTIMATORS", "ESTIMATORS", "IS_ESTIMATORS", "OPEResult", "check_policy_fits_dataset", "episode_arrays",
+    "estimate_value", "evaluate_ope", "fit_fqe", "importance_weights",
 ]
 
 #: Estimator names accepted by :func:`evaluate_ope` ("fqe" is the direct method with an FQE critic).
-ESTIMATORS = ("fqe", "pdis", "snpdis", "dr")
+ESTIMATORS = ("fqe", "pdis", "snpdis", "dr", "tis", "sntis", "sndr")
+DEFAULT_ESTIMATORS = ("fqe", "pdis", "snpdis", "dr")
+IS_ESTIMATORS = ("pdis", "snpdis", "dr", "tis", "sntis", "sndr")  # need behaviour log-probabilities
+_NEEDS_FQE = ("fqe", "dm", "dr", "sndr")
+_SELF_NORMALISED = ("snpdis", "sntis", "sndr")
 _ALL = (*ESTIMATORS, "dm")  # what estimate_value accepts ("dm" = "fqe" under its textbook name)
 _CHUNK = 65536  # rows per forward pass when evaluating a policy or critic on the whole dataset
+_CORE = {"pdis": core.pdis, "snpdis": core.snpdis, "tis": core.tis, "sntis": core.sntis}
 
 
 @dataclass
@@ -48,18 +54,22 @@ class OPEResult:
     """One estimate of a policy value J(pi) (expected discounted return from the initial state).
 
     Attributes:
-        estimator: name ("pdis", "snpdis", "fqe"/"dm", "dr").
-        estimate: the point estimate, in reward units.
-        per_episode: ``[E]`` per-episode terms whose mean is ``estimate`` (for SNPDIS the self-normalised
-            terms, which are not independent); None where not defined.
-        ci_low, ci_high: percentile-bootstrap interval at level ``confidence`` (NaN when ``n_boot = 0``).
+        estimator: name ("fqe"/"dm", "pdis", "snpdis", "dr", "tis", "sntis", "sndr").
+        estimate: the point estimate, in reward units (do not use it when ``degenerate``).
+        per_episode: ``[E]`` per-episode terms whose mean is ``estimate`` (for the self-normalised estimators the
+            normalised terms, which are not independent); None where not defined.
+        ci_low, ci_high: interval of kind ``interval`` at level ``confidence`` (NaN when not computed).
         confidence: interval level in (0, 1).
         n_episodes: episodes used.
-        notes: human-readable caveats (e.g. estimated behaviour probabilities).
+        notes: human-readable caveats (e.g. estimated behaviour probabilities, an unconverged FQE fit).
         diagnostics: scalars such as ``ess`` (effective sample size of the final weights w_{0:T-1}),
-            ``ess_fraction`` (ess / n), ``max_weight``, ``mean_weight`` (about 1 when pi_0's support covers pi).
-        behavior_estimated: True when the importance weights used behaviour log-probabilities estimated by
-            behaviour cloning (the dataset logged none); a note then says so too.
+            ``ess_fraction`` (ess / n), ``max_weight``, ``mean_weight``, ``max_log_weight``; ``fqe_converged`` etc.
+            for critic-based estimators; ``behavior_heldout_mean_weight`` (~1 expected) and
+            ``behavior_heldout_loglik`` when pi_0 was estimated.
+        behavior_estimated: True when the importance weights used an estimated behaviour model.
+        interval: "bootstrap", "t", "hoeffding" or "bernstein"; ``interval_meaning`` says what it covers.
+        degenerate: True when the estimate cannot be used; ``degenerate_reasons`` says why in words
+            (:func:`hybridrl.ope.core.degeneracy`).
     """
 
     estimator: str
@@ -72,12 +82,46 @@ class OPEResult:
     notes: list[str] = field(default_factory=list)
     diagnostics: dict[str, float] = field(default_factory=dict)
     behavior_estimated: bool = False
+    interval: str = "bootstrap"
+    interval_meaning: str = ""
+    degenerate: bool = False
+    degenerate_reasons: list[str] = field(default_factory=list)
+
+    @property
+    def usable(self) -> bool:
+        """Not degenerate and, for critic-based estimators, the FQE fit converged."""
+        return not self.degenerate and self.diagnostics.get("fqe_converged", 1.0) == 1.0
+
+    def cell(self, digits: int = 3) -> str:
+        """Short text for a table: ``"12.3 [11, 13.5]"``, or ``"degenerate (ESS 1.0 of 50, weights overflow)"``
+        instead of a number that cannot be used, with ``" (FQE not converged)"`` appended when that is the case."""
+        if self.degenerate:
+            bits = []
+            ess = self.diagnostics.get("ess")
+            if ess is not None:
+                bits.append(f"ESS {ess:.1f} of {self.n_episodes}")
+            if any("overflow" in r for r in self.degenerate_reasons):
+                bits.append("weights overflow")
+            if any("lies outside" in r for r in self.degenerate_reasons):
+                bits.append("outside the possible range")
+            if any("not finite" in r for r in self.degenerate_reasons) and not bits:
+                bits.append("not finite")
+            return "degenerate (" + (", ".join(bits) or "see notes") + ")"
+        text = f"{self.estimate:.{digits}g}"
+        if np.isfinite(self.ci_low) or np.isfinite(self.ci_high):
+            text += f" [{self.ci_low:.{digits}g}, {self.ci_high:.{digits}g}]"
+        if self.diagnostics.get("fqe_converged", 1.0) != 1.0:
+            text += " (FQE not converged)"
+        return text
 
     def to_dict(self, per_episode: bool = False) -> dict:
         """The fields as plain Python (JSON-able; NaN stays NaN); ``per_episode`` (E floats) only when asked."""
         d = {"estimator": self.estimator, "estimate": float(self.estimate), "ci_low": float(self.ci_low),
              "ci_high": float(self.ci_high), "confidence": float(self.confidence), "n_episodes": int(self.n_episodes),
-             "notes": list(self.notes), "diagnostics": {k: float(v) for k, v in self.diagnostics.items()},
+             "interval": self.interval, "interval_meaning": self.interval_meaning,
+             "degenerate": bool(self.degenerate), "degenerate_reasons": list(self.degenerate_reasons),
+             "usable": self.usable, "notes": list(self.notes),
+             "diagnostics": {k: float(v) for k, v in self.diagnostics.items()},
              "behavior_estimated": bool(self.behavior_estimated)}
         if per_episode:
             d["per_episode"] = None if self.per_episode is None else np.asarray(self.per_episode, dtype=float).tolist()
@@ -162,95 +206,140 @@ def _check_fqe(fqe: FQELearner, policy: Policy, gamma: float) -> None:
 _DM_NOTE = "the interval covers only the spread of Vhat(s_0) over episodes, not the critic's fitting error"
 
 
+def _value_bounds(dataset: Dataset, gamma: float) -> tuple[float, float] | None:
+    """Values any policy can have: rewards in [r_min, r_max] give J in [min(r_min, 0), max(r_max, 0)] / (1 - gamma)
+    (None for gamma = 1, where FQE's untruncated value has no such bound)."""
+    if gamma >= 1.0 or len(dataset) == 0:
+        return None
+    r = np.asarray(dataset.rewards, dtype=np.float64)
+    return min(float(r.min()), 0.0) / (1.0 - gamma), max(float(r.max()), 0.0) / (1.0 - gamma)
+
+
+def _fqe_notes(fqe) -> tuple[dict[str, float], list[str]]:
+    report = getattr(fqe, "fit_report", None)
+    if report is None:
+        return {}, []
+    return report.diagnostics(), [f"warning: {w}" for w in report.warnings]
+
+
 def estimate_value(estimator: str, dataset: Dataset, policy: Policy, gamma: float, fqe: FQELearner | None = None,
                    behavior_log_prob: np.ndarray | None = None, n_boot: int = 1000, confidence: float = 0.95,
-                   seed: int | np.random.Generator | None = 0) -> OPEResult:
-    """One estimate of J(``policy``) from ``dataset`` with a bootstrap interval.
+                   seed: int | np.random.Generator | None = 0, ci: str = "bootstrap", clip: float | None = None,
+                   min_ess: float = core.MIN_ESS, value_range: tuple[float, float] | None = None) -> OPEResult:
+    """One estimate of J(``policy``) from ``dataset`` with a confidence interval and a degeneracy verdict.
 
     Args:
-        estimator: "pdis", "snpdis", "dr" (:mod:`hybridrl.ope.core`), or "dm"/"fqe" (mean over episodes of
-            ``Vhat(s_0) = E_{a~pi} Qhat(s_0, a)``; the result is named as asked).
+        estimator: "pdis", "snpdis", "tis", "sntis", "dr", "sndr" (:mod:`hybridrl.ope.core`), or "dm"/"fqe" (mean
+            over episodes of ``Vhat(s_0) = E_{a~pi} Qhat(s_0, a)``; the result is named as asked).
         dataset, policy, gamma: logged episodes, target policy pi, discount in [0, 1].
-        fqe: critic of ``policy`` fitted with the same gamma (:func:`fit_fqe`); needed by "dr", "dm", "fqe".
+        fqe: critic of ``policy`` fitted with the same gamma (:func:`fit_fqe`); needed by "dr", "sndr", "dm", "fqe".
+            A critic from :func:`fit_fqe` carries its fit report: an unconverged fit adds a warning note.
         behavior_log_prob: ``[N]`` log pi_0 overriding ``dataset.behavior_log_prob`` (IS estimators).
-        n_boot, confidence, seed: percentile bootstrap over episodes (:func:`hybridrl.ope.core.bootstrap_ci`).
+        n_boot, confidence, seed: interval settings (bootstrap: ``n_boot`` resamples over episodes).
+        ci: interval kind, one of :data:`hybridrl.ope.intervals.INTERVALS`; ``value_range`` bounds the per-episode
+            terms for "hoeffding"/"bernstein" (default: their observed range).
+        clip: per-step importance-ratio cap c > 0 or None (biased when it binds; :mod:`hybridrl.ope.core`).
+        min_ess: ESS threshold of degeneracy (:func:`hybridrl.ope.core.degeneracy`).
     Raises:
-        ConfigError: unknown estimator, bad gamma, missing critic, or one fitted for another policy object/gamma.
+        ConfigError: unknown estimator or interval, bad gamma/clip, missing critic, or one fitted for another policy
+            object/gamma.
         DatasetError, ShapeError: see :func:`importance_weights`; ShapeError also when the policy does not fit.
     """
     if estimator not in _ALL:
         raise ConfigError(f"unknown OPE estimator {estimator!r}; expected one of {list(_ALL)}")
+    if ci not in intervals.INTERVALS:
+        raise ConfigError(f"unknown interval {ci!r}; expected one of {list(intervals.INTERVALS)}")
     _check_inputs(dataset, policy, gamma)
-    if estimator in ("dm", "fqe"):
+    extra_diag, extra_notes = {}, []
+    if estimator in _NEEDS_FQE:
         _check_fqe(fqe, policy, gamma)
+        extra_diag, extra_notes = _fqe_notes(fqe)
+    if estimator in ("dm", "fqe"):
         s0 = np.asarray(dataset.observations, dtype=np.float32)[np.asarray(dataset.episode_starts)[:-1]]
         v0 = fqe.value(torch.as_tensor(s0)).double().numpy()
         est = core.mean_estimate(v0, {"v0_std": float(v0.std())}, [_DM_NOTE])
     else:
-        if estimator == "dr":
-            _check_fqe(fqe, policy, gamma)
         log_ratio, mask = episode_arrays(dataset, importance_weights(dataset, policy, behavior_log_prob))
         rewards = episode_arrays(dataset, dataset.rewards)[0]
-        if estimator == "dr":
+        if estimator in ("dr", "sndr"):
             q_hat = episode_arrays(dataset, _batched(fqe.q, dataset))[0]
             v_hat = episode_arrays(dataset, _batched(lambda o, a: fqe.value(o), dataset))[0]
-            est = core.dr(log_ratio, rewards, mask, gamma, q_hat, v_hat)
+            est = (core.dr if estimator == "dr" else core.sndr)(log_ratio, rewards, mask, gamma, q_hat, v_hat, clip)
         else:
-            est = (core.pdis if estimator == "pdis" else core.snpdis)(log_ratio, rewards, mask, gamma)
+            est = _CORE[estimator](log_ratio, rewards, mask, gamma, clip)
     e = len(est.per_episode)
-    with np.errstate(invalid="ignore", over="ignore"):
-        low, high = core.bootstrap_ci(est.resample, e, n_boot, confidence, seed)
-    return OPEResult(estimator, est.estimate, est.per_episode, low, high, confidence, e, est.notes, est.diagnostics)
+    low, high, ci_notes = intervals.confidence_interval(ci, est.per_episode, est.resample, confidence, n_boot, seed,
+                                                        value_range)
+    reasons = core.degeneracy(est.estimate, est.diagnostics, e, min_ess, estimator in _SELF_NORMALISED,
+                              _value_bounds(dataset, gamma))
+    notes = [n for n in est.notes if "overflow" not in n or not reasons] + ci_notes + extra_notes
+    return OPEResult(estimator, est.estimate, est.per_episode, low, high, confidence, e, notes,
+                     {**est.diagnostics, **extra_diag}, interval=ci, interval_meaning=intervals.MEANINGS[ci],
+                     degenerate=bool(reasons), degenerate_reasons=reasons)
 
 
 # ------------------------------------------------------------------------------------------------ pipeline
-def fit_fqe(dataset: Dataset, policy: Policy, gamma: float, config: FQEConfig | None = None, steps: int = 10_000,
-            seed: int = 0, progress: bool = False) -> FQELearner:
-    """Fit an FQE critic of ``policy`` on ``dataset`` for ``steps`` gradient steps (batches from ``dataset.sample``).
+def fit_fqe(dataset: Dataset, policy: Policy, gamma: float, config: FQEConfig | None = None, steps: int | None = None,
+            seed: int = 0, progress: bool = False, early_stop: bool = True, tol: float = 0.02,
+            name: str = "fqe") -> FQELearner:
+    """Fit an FQE critic of ``policy`` on ``dataset`` (:func:`hybridrl.algos.fqe.fit`) and attach its report.
 
-    ``config.gamma`` is replaced by ``gamma``. A progress bar goes to stderr when ``progress``.
+    ``config.gamma`` is replaced by ``gamma``. ``steps`` is the budget (default
+    :func:`hybridrl.algos.fqe.default_max_steps`, which fits the discount horizon); with ``early_stop`` the fit ends
+    when the value has converged (held-out check, tolerance ``tol``), otherwise it runs all ``steps`` and still
+    reports convergence. The learner's ``fit_report`` (:class:`~hybridrl.algos.fqe.FQEFitReport`) says whether it
+    converged; estimates made with it carry a warning note when it did not. A progress bar goes to stderr when
+    ``progress``.
     Raises: ConfigError (bad steps/config), DivergenceError if the TD loss becomes NaN or inf.
     """
-    if steps < 0:
+    if steps is not None and steps < 0:
         raise ConfigError(f"fit_fqe: steps must be >= 0, got {steps}")
     config = dataclasses.replace(config or FQEConfig(), gamma=float(gamma))
-    learner = FQELearner(config, dataset.observation_space, dataset.action_space, seed=seed, policy=policy)
-    rng = np.random.default_rng(seed)
-    every = max(1, steps // 100)
+    budget = default_max_steps(config.gamma, config.tau) if steps is None else int(steps)
     with progress_bar(progress) as bar:
-        task = bar.add_task("fqe", total=steps, info="")
-        for i in range(steps):
-            metrics = learner.update(dataset.sample(config.batch_size, rng))
-            if not np.isfinite(metrics["q_loss"]):
-                raise DivergenceError(f"fit_fqe: TD loss became {metrics['q_loss']} at step {i + 1}; "
-                                      "lower the learning rate or check the rewards")
-            if (i + 1) % every == 0 or i + 1 == steps:
-                bar.update(task, completed=i + 1, info=f"q_loss {metrics['q_loss']:.3g} q_mean {metrics['q_mean']:.3g}")
+        task = bar.add_task(name, total=budget, info="")
+
+        def on_check(step, total, row):
+            bar.update(task, completed=step, info=f"V(s0) {row[1]:.4g} held-out Bellman {row[2]:.3g}")
+
+        learner, report = fqe_fit(dataset, policy, config, budget, seed, tol=tol, on_check=on_check,
+                                  min_steps=None if early_stop else budget)
+        bar.update(task, completed=budget if report.converged or not early_stop else report.steps,
+                   info=("converged" if report.converged else "NOT converged") + f" after {report.steps} steps")
+    learner.fit_report = report
     return learner
 
 
-def evaluate_ope(dataset: Dataset, policies: dict[str, Policy], estimators: tuple[str, ...] | list[str] = ESTIMATORS,
-                 gamma: float = 0.99, fqe_steps: int = 10_000, fqe_config: FQEConfig | None = None,
-                 behavior_steps: int = 2000, n_boot: int = 1000, confidence: float = 0.95, seed: int = 0,
-                 progress: bool = False) -> dict[str, dict[str, OPEResult]]:
+def evaluate_ope(dataset: Dataset, policies: dict[str, Policy],
+                 estimators: tuple[str, ...] | list[str] = DEFAULT_ESTIMATORS, gamma: float = 0.99,
+                 fqe_steps: int | None = None, fqe_config: FQEConfig | None = None, behavior_steps: int = 2000,
+                 n_boot: int = 1000, confidence: float = 0.95, seed: int = 0, progress: bool = False,
+                 ci: str = "bootstrap", clip: float | None = None, min_ess: float = core.MIN_ESS,
+                 value_range: tuple[float, float] | None = None) -> dict[str, dict[str, OPEResult]]:
     """Estimate the value of each policy with each estimator.
 
-    One FQE critic is fitted per policy (when "fqe" or "dr" is asked) and shared by the direct method
-    ("fqe") and DR. If ``dataset.behavior_log_prob`` is None and an IS-based estimator ("pdis", "snpdis",
-    "dr") is asked, pi_0's log-probabilities are estimated once by behaviour cloning
-    (:func:`hybridrl.ope.behavior.estimate_behavior_log_prob`, ``behavior_steps`` steps) and a note is added
-    to each IS-based result.
+    One FQE critic is fitted per policy (when "fqe", "dr" or "sndr" is asked; ``fqe_steps`` is its budget, default
+    from the discount horizon, with an early stop) and shared by the critic-based estimators. If
+    ``dataset.behavior_log_prob`` is None and an IS-based estimator is asked, a calibrated behaviour model is fitted
+    once (:func:`hybridrl.ope.behavior.fit_behavior_model`, ``behavior_steps`` BC steps); each IS-based result then
+    carries a note and the model's held-out diagnostics (``behavior_heldout_mean_weight``, ~1 expected, and
+    ``behavior_heldout_loglik``). ``ci``, ``clip``, ``min_ess``, ``value_range``: see :func:`estimate_value`.
+    With ``progress``, each stage is announced on stderr and FQE shows a progress bar.
 
     Returns: ``{policy_name: {estimator: OPEResult}}``.
-    Raises: ConfigError for an unknown estimator (the message lists the valid ones) or no policies;
+    Raises: ConfigError for an unknown estimator/interval (the message lists the valid ones) or no policies;
         the errors of the estimators.
     """
+    from hybridrl.runs.progress import console
+
     estimators = [estimators] if isinstance(estimators, str) else list(estimators)
     for name in estimators:
         if name not in ESTIMATORS:
             hint = difflib.get_close_matches(name, ESTIMATORS, n=1)
             raise ConfigError(f"unknown OPE estimator {name!r}; expected one of {list(ESTIMATORS)}"
                               + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+    if ci not in intervals.INTERVALS:
+        raise ConfigError(f"unknown interval {ci!r}; expected one of {list(intervals.INTERVALS)}")
     if not estimators or not policies:
         raise ConfigError("evaluate_ope needs at least one estimator and one policy")
     if not 0.0 <= float(gamma) <= 1.0:
@@ -259,26 +348,45 @@ def evaluate_ope(dataset: Dataset, policies: dict[str, Policy], estimators: tupl
         check_policy_fits_dataset(policy, dataset, f"policy {name!r}")
     if dataset.n_episodes < 1:
         raise DatasetError(f"dataset {dataset.path or ''} holds no episodes; OPE needs at least one")
-    note = None
-    blp = dataset.behavior_log_prob
-    if blp is None and any(e in ("pdis", "snpdis", "dr") for e in estimators):
-        from hybridrl.ope.behavior import estimate_behavior_log_prob
 
-        blp = estimate_behavior_log_prob(dataset, steps=behavior_steps, seed=seed)
-        note = f"behaviour log-probabilities estimated by behaviour cloning ({behavior_steps} steps)"
+    def say(msg: str) -> None:
+        if progress:
+            console.print(f"[dim]ope:[/] {msg}")
+
+    model = None
+    blp = dataset.behavior_log_prob
+    if blp is None and any(e in IS_ESTIMATORS for e in estimators):
+        from hybridrl.ope.behavior import fit_behavior_model
+
+        say(f"the dataset logs no behaviour probabilities: fitting a behaviour model ({behavior_steps} BC steps)")
+        model = fit_behavior_model(dataset, steps=behavior_steps, seed=seed)
+        blp = model.log_prob
+        say(model.describe())
     out: dict[str, dict[str, OPEResult]] = {}
     for p_idx, (pname, policy) in enumerate(policies.items()):
         fqe = None
-        if "fqe" in estimators or "dr" in estimators:
-            fqe = fit_fqe(dataset, policy, gamma, fqe_config, fqe_steps, seed, progress)
+        if any(e in _NEEDS_FQE for e in estimators):
+            say(f"policy {pname} ({p_idx + 1}/{len(policies)}): fitting FQE")
+            fqe = fit_fqe(dataset, policy, gamma, fqe_config, fqe_steps, seed, progress, name=f"fqe {pname}")
+        say(f"policy {pname} ({p_idx + 1}/{len(policies)}): " + ", ".join(estimators) + f" with {ci} intervals")
+        behavior_diag = {}
+        if model is not None:
+            behavior_diag = model.diagnostics(_batched(policy.log_prob, dataset))
         res: dict[str, OPEResult] = {}
         for e_idx, name in enumerate(estimators):
             rng = np.random.default_rng([seed, p_idx, e_idx])
             r = estimate_value(name, dataset, policy, gamma, fqe, None if name == "fqe" else blp, n_boot, confidence,
-                               rng)
-            if note is not None and name != "fqe":
-                r.notes.append(note)
+                               rng, ci, clip if name != "fqe" else None, min_ess, value_range)
+            if model is not None and name != "fqe":
+                r.notes.append(model.describe())
+                r.diagnostics.update(behavior_diag)
                 r.behavior_estimated = True
+                mw = behavior_diag["behavior_heldout_mean_weight"]
+                if np.isfinite(mw) and not 0.8 <= mw <= 1.25:
+                    r.notes.append(f"warning: the behaviour model's held-out mean importance weight for this policy "
+                                   f"is {mw:.3g} (about 1 expected): the estimated behaviour policy is off")
             res[name] = r
+            if r.degenerate:
+                say(f"policy {pname}: {name} is degenerate: " + "; ".join(r.degenerate_reasons))
         out[pname] = res
     return out

@@ -7,6 +7,11 @@ With true values J (e.g. from online rollouts) the ranking is scored by
     MSE / nMSE    = mean (Jhat - J)^2,  nMSE = MSE / (max J - min J)^2  (our normalisation; NaN if all J equal)
     SharpeRatio@k = max(best@k - J(pi_b), 0) / std@k                  (Kiyohara et al. 2023, arXiv:2311.18207)
         best@k = max_{pi in Pi_k} J(pi),  std@k = sample std (ddof = 1) of {J(pi) : pi in Pi_k}
+    top-k statistics: best@k, worst@k, mean@k, std@k of the true values {J(pi) : pi in Pi_k}     (SCOPE-RL)
+    Type I error rate  = #{pi : J(pi) < h and Jhat(pi) >= h} / #{pi : J(pi) < h}   (unsafe policies passed)
+    Type II error rate = #{pi : J(pi) >= h and Jhat(pi) < h} / #{pi : J(pi) >= h}  (safe policies rejected)
+        for a threshold h (e.g. the behaviour policy's value); NaN when the denominator is 0. SCOPE-RL compares the
+        estimate (or an interval's lower bound) with h the same way; ``use_lower_bound`` does the latter.
 
 SharpeRatio@k follows the SCOPE-RL code (scope_rl/ope/ops.py), not the written formula: the numerator is
 clipped at 0 and std@k uses ddof = 1, so k = 1 gives NaN; a portfolio with std@k = 0 gives +inf when the
@@ -29,11 +34,21 @@ from scipy import stats
 
 from hybridrl.errors import ConfigError
 
-__all__ = ["SelectionResult", "rank_correlation", "regret_at_k", "select", "sharpe_ratio_at_k", "top_k"]
+__all__ = [
+    "SelectionResult", "error_rates", "pick_estimator", "rank_correlation", "regret_at_k", "select",
+    "sharpe_ratio_at_k", "top_k", "top_k_stats",
+]
 
 
 def _value(x) -> float:
     return float(getattr(x, "estimate", x))
+
+
+def _lower(x) -> float:
+    low = getattr(x, "ci_low", None)
+    if low is None:
+        raise ConfigError("use_lower_bound needs OPEResults (with ci_low), got plain values")
+    return float(low)
 
 
 def _arrays(estimated, true) -> tuple[np.ndarray, np.ndarray]:
@@ -105,6 +120,34 @@ def sharpe_ratio_at_k(estimated, true, behavior_value: float, k: int) -> float:
     return num / std
 
 
+def top_k_stats(estimated, true, k: int) -> dict[str, float]:
+    """True values of the top-k by estimate: ``{"best", "worst", "mean", "std"}`` (std: ddof = 1, NaN for k = 1).
+
+    Raises ConfigError on misaligned inputs or a bad k.
+    """
+    est, tru = _arrays(estimated, true)
+    vals = tru[top_k(est, k)]
+    return {"best": float(vals.max()), "worst": float(vals.min()), "mean": float(vals.mean()),
+            "std": float(vals.std(ddof=1)) if vals.size > 1 else float("nan")}
+
+
+def error_rates(estimated, true, threshold: float, use_lower_bound: bool = False) -> tuple[float, float]:
+    """``(type I, type II)`` error rates of passing policies whose estimate is >= ``threshold`` (module docstring).
+
+    ``use_lower_bound``: compare each OPEResult's ``ci_low`` instead of its estimate (a safer pass rule).
+    Returns NaN for a rate whose denominator (truly unsafe / truly safe policies) is 0.
+    Raises ConfigError on misaligned inputs, or ``use_lower_bound`` with plain values.
+    """
+    _, tru = _arrays(estimated, true)
+    vals = list(estimated.values()) if isinstance(estimated, Mapping) else list(estimated)
+    est = np.array([_lower(v) if use_lower_bound else _value(v) for v in vals], dtype=np.float64)
+    h = float(threshold)
+    unsafe, passed = tru < h, est >= h
+    t1 = float((unsafe & passed).sum() / unsafe.sum()) if unsafe.any() else float("nan")
+    t2 = float((~unsafe & ~passed).sum() / (~unsafe).sum()) if (~unsafe).any() else float("nan")
+    return t1, t2
+
+
 @dataclass
 class SelectionResult:
     """Outcome of :func:`select`.
@@ -116,6 +159,8 @@ class SelectionResult:
         estimates: name -> estimated value.
         regret_at_k, rank_correlation, mse, nmse: None unless true values were given.
         best_at_k, std_at_k: true max and sample std (ddof=1; NaN for k=1) over the top-k; None without true values.
+        worst_at_k, mean_at_k: true min and mean over the top-k; None without true values.
+        threshold, type_i_error_rate, type_ii_error_rate: with ``threshold`` and true values (:func:`error_rates`).
         sharpe_ratio_at_k: None unless true values and ``behavior_value`` were given.
         true_values, behavior_value: the inputs (None when not given).
     """
@@ -133,6 +178,11 @@ class SelectionResult:
     sharpe_ratio_at_k: float | None = None
     true_values: dict[str, float] | None = None
     behavior_value: float | None = None
+    worst_at_k: float | None = None
+    mean_at_k: float | None = None
+    threshold: float | None = None
+    type_i_error_rate: float | None = None
+    type_ii_error_rate: float | None = None
 
     def to_dict(self) -> dict:
         """All fields as plain Python (JSON-able; NaN/inf stay floats)."""
@@ -140,7 +190,7 @@ class SelectionResult:
 
 
 def select(estimates: Mapping[str, float], k: int, true_values: Mapping[str, float] | None = None,
-           behavior_value: float | None = None) -> SelectionResult:
+           behavior_value: float | None = None, threshold: float | None = None) -> SelectionResult:
     """Rank candidates by estimate, keep the top k, and (with true values) score the selection.
 
     Args:
@@ -148,8 +198,10 @@ def select(estimates: Mapping[str, float], k: int, true_values: Mapping[str, flo
         k: number of policies to deploy, ``1 <= k <= len(estimates)``.
         true_values: name -> true value J(pi) for every candidate, or None.
         behavior_value: J(pi_b) for SharpeRatio@k (needs ``true_values``).
+        threshold: value h for the type I/II error rates (needs ``true_values``).
     Raises:
-        ConfigError: empty ``estimates``, bad ``k``, missing true values, or ``behavior_value`` without them.
+        ConfigError: empty ``estimates``, bad ``k``, missing true values, or ``behavior_value``/``threshold`` without
+            them.
     """
     if not estimates:
         raise ConfigError("select needs at least one candidate estimate")
@@ -161,8 +213,8 @@ def select(estimates: Mapping[str, float], k: int, true_values: Mapping[str, flo
     top_k(est, kk)  # validates k
     res = SelectionResult(ranking, ranking[:kk], kk, {n: float(v) for n, v in zip(names, est)})
     if true_values is None:
-        if behavior_value is not None:
-            raise ConfigError("behavior_value is only used for SharpeRatio@k, which also needs true_values")
+        if behavior_value is not None or threshold is not None:
+            raise ConfigError("behavior_value (SharpeRatio@k) and threshold (type I/II errors) need true_values")
         return res
     _, tru = _arrays(estimates, true_values)
     res.true_values = {n: float(v) for n, v in zip(names, tru)}
@@ -174,7 +226,49 @@ def select(estimates: Mapping[str, float], k: int, true_values: Mapping[str, flo
     res.mse = float(np.mean((est - tru) ** 2))
     res.nmse = res.mse / spread**2 if spread > 0 else float("nan")
     res.best_at_k = float(vals.max())
+    res.worst_at_k, res.mean_at_k = float(vals.min()), float(vals.mean())
+    if threshold is not None:
+        res.threshold = float(threshold)
+        res.type_i_error_rate, res.type_ii_error_rate = error_rates(estimates, true_values, threshold)
     res.std_at_k = float(vals.std(ddof=1)) if kk > 1 else float("nan")
     if behavior_value is not None:
         res.sharpe_ratio_at_k = sharpe_ratio_at_k(est, tru, behavior_value, kk)
     return res
+
+
+def pick_estimator(results: Mapping[str, Mapping[str, object]], preferred: str,
+                   order: Sequence[str]) -> tuple[str, list[str], str]:
+    """Which estimator to rank by: ``preferred`` if its result is usable for every candidate, otherwise the first of
+    ``order`` that is (usable: not degenerate and, for critic-based estimators, a converged FQE fit).
+
+    Args:
+        results: ``{candidate: {estimator: OPEResult}}`` (:func:`hybridrl.ope.evaluate_ope`).
+        preferred: the estimator asked for.
+        order: estimators to fall back to, in order of preference.
+    Returns: ``(estimator, usable_estimators, message)``; the message says in words what was chosen and why. When
+        no estimator is usable for every candidate, ``preferred`` is returned with a message saying not to trust it.
+    Raises: ConfigError if ``preferred`` is not among the results.
+    """
+    names = list(results)
+    if not names or any(preferred not in results[n] for n in names):
+        raise ConfigError(f"pick_estimator: {preferred!r} is not among the estimates of every candidate")
+    cands = [preferred, *[e for e in order if e != preferred]]
+    usable = [e for e in cands if all(e in results[n] and getattr(results[n][e], "usable", True) for n in names)]
+
+    def why(e: str) -> str:
+        bad = []
+        for n in names:
+            r = results[n][e]
+            if getattr(r, "degenerate", False):
+                bad.append(f"{n}: degenerate, " + "; ".join(r.degenerate_reasons))
+            elif not getattr(r, "usable", True):
+                bad.append(f"{n}: FQE did not converge")
+        return " | ".join(bad)
+
+    if preferred in usable:
+        return preferred, usable, f"ranked by {preferred} (its diagnostics pass for every candidate)"
+    if usable:
+        return usable[0], usable, (f"ranked by {usable[0]} instead of {preferred}, whose diagnostics fail "
+                                   f"({why(preferred)}); estimators that pass for every candidate: {', '.join(usable)}")
+    return preferred, [], (f"no estimator passes its diagnostics for every candidate; ranked by {preferred} anyway "
+                           f"({why(preferred)}): do not trust this selection")
