@@ -8,7 +8,7 @@ valid tokens); ``reward``, ``group``, ``advantage`` are ``[B]``. Every loss retu
 - ``"seq-mean-token-mean"``: mean over each sequence's tokens, then mean over sequences (GRPO paper);
 - ``"seq-sum"``: sum over each sequence's tokens, then mean over sequences (REINFORCE on log pi(y|x)).
 
-Sources are named per function; ALGORITHMS.md §11–§12i of the design notes hold the equations and defaults.
+Sources (paper and equation) are named per function; docs/algorithms/text.md lists the defaults.
 """
 
 from __future__ import annotations

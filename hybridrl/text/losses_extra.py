@@ -22,8 +22,8 @@ def copg_loss(logp: Tensor, ref_logp: Tensor, reward: Tensor, mask: Tensor, *, b
 
     whose gradient is −E[(R_β(y) − R_β(y'))·∇(ℓ(y) − ℓ(y'))]/2 with R_β = R − β(ℓ − ℓ_ref): a policy gradient from
     off-policy pairs without importance weights (the other completion is the baseline); with R(y_w) − R(y_l) = ½ it
-    is IPO up to a constant. Source: Flet-Berliac et al. (2024) §3 (arXiv 2406.19185); equation from the design notes
-    (ALGORITHMS.md §11b: reconstructed, sign conventions checked by the gradient test).
+    is IPO up to a constant. Source: Flet-Berliac et al. (2024) §3 (arXiv 2406.19185); sign conventions
+    checked by the gradient test against the contrastive policy gradient.
     """
     _check("copg_loss", mask, logp=logp, ref_logp=ref_logp)
     _rows("copg_loss", mask, reward=reward)
