@@ -17,6 +17,7 @@ constructor argument saved in ``policy.json``, not a trained parameter. Conseque
 * Importance-sampling OPE of the *deterministic* policy is not defined (its density is a Dirac); OPE of this policy
   evaluates the Gaussian-noised policy above. With a small sigma, dataset actions far from mu(s) get very small
   weights, so IS estimates are high-variance; FQE (which only calls ``mode``/``sample``) is the estimator to use.
+* On-policy fine-tuning (PPO via :func:`hybridrl.loops.finetune.finetune`) trains ``mu`` and keeps sigma fixed.
 """
 
 from __future__ import annotations
@@ -66,6 +67,12 @@ class DeterministicPolicy(Policy):
         self.register_buffer("action_bias", torch.as_tensor((high + low) / 2, dtype=torch.float32), persistent=False)
         self.register_buffer("noise_std", torch.as_tensor(exploration_std * scale, dtype=torch.float32),
                              persistent=False)
+
+    @property
+    def log_std(self) -> torch.Tensor:
+        """``log sigma [act_dim]``, the fixed exploration noise (a constant: on-policy fine-tuning from this policy,
+        e.g. PPO, trains ``mu`` only and keeps this noise)."""
+        return self.noise_std.log()
 
     def mode(self, obs: torch.Tensor) -> torch.Tensor:
         """``mu(s) [B, act_dim]`` for raw ``obs [B, obs_dim]``, inside the action box (differentiable)."""
