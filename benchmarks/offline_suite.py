@@ -102,8 +102,11 @@ def table(cells: dict) -> str:
         out = []
         for algo in algos:
             xs = groups.get((kind, sampler, algo), [])
-            se = np.std(xs, ddof=1) / math.sqrt(len(xs)) if len(xs) > 1 else float("nan")
-            out.append(f"{np.mean(xs):.1f} ± {se:.1f} (n={len(xs)})" if xs else "–")
+            if not xs:
+                out.append("–")
+                continue
+            se = f" ± {np.std(xs, ddof=1) / math.sqrt(len(xs)):.1f}" if len(xs) > 1 else ""
+            out.append(f"{np.mean(xs):.1f}{se} (n={len(xs)})")
         lines.append(f"| {kind} | {sampler} | " + " | ".join(out) + " |")
     return "\n".join(lines)
 
