@@ -283,6 +283,35 @@ def demo_cmd(
 from hybridrl.text.cli import app as _text_app  # noqa: E402, I001  (the `hybridrl text ...` sub-app)
 app.add_typer(_text_app, name="text")
 
+
+datasets_app = typer.Typer(no_args_is_help=True, help="Dataset suites made by hybridrl (D4RL-style).")
+app.add_typer(datasets_app, name="datasets")
+
+
+@datasets_app.command("make")
+def datasets_make_cmd(
+    env: str = typer.Option(..., "--env", help="Gymnasium env id, e.g. Hopper-v5."),
+    kinds: str = typer.Option("random,medium,medium-replay,medium-expert,expert", "--kinds",
+                              help="Comma-separated: random, medium, medium-replay, medium-expert, expert."),
+    out: Path = typer.Option(..., "--out", help="Suite directory (datasets, policies, suite.json); reused if cached."),
+    budget: str = typer.Option("default", "--budget", help="default (PPO 1M steps, 100k per kind), reduced, tiny."),
+    seed: int = typer.Option(0, "--seed"),
+    json_out: bool = typer.Option(False, "--json", help="Print suite.json on stdout."),
+) -> None:
+    """Build a D4RL-style suite (random, medium, medium-replay, medium-expert, expert) with PPO as the online
+    learner; datasets already in --out are reused, never replaced (see hybridrl/data/suite.py)."""
+    from hybridrl.data.suite import make_suite
+
+    manifest = make_suite(env, kinds, out, budget=budget, seed=seed, progress=not json_out)
+    if json_out:
+        _emit_json(manifest)
+        return
+    for kind, info in manifest["datasets"].items():
+        score = info["normalized_score"]
+        _stdout().print(f"{kind}: {out / info['path']} ({info['steps']} steps, {info['episodes']} episodes, return "
+                        f"{info['return_mean']:.1f}" + (f", normalised {score:.1f})" if score is not None else ")"))
+
+
 def _on_signal(signum, frame) -> None:
     _state["signal"] = signum
     raise KeyboardInterrupt

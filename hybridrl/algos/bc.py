@@ -16,6 +16,7 @@ import torch
 
 from hybridrl.algos import check_config, gradient_step
 from hybridrl.data.batches import Transitions
+from hybridrl.data.weighting import check_sampler
 from hybridrl.losses import bc_loss
 from hybridrl.nn import Policy, make_policy
 
@@ -31,6 +32,8 @@ class BCConfig:
         activation: "relu" or "tanh".
         weight_decay: Adam L2 penalty (>= 0).
         max_grad_norm: global gradient-norm clip; None disables.
+        sampler, sampler_alpha: minibatch sampling of the offline loop: "uniform", or trajectory weighting "rw"/"aw"
+            with temperature sampler_alpha (Hong et al. 2023; :mod:`hybridrl.data.weighting`).
         log_std_init: initial state-independent log standard deviation (continuous actions).
     """
 
@@ -41,10 +44,13 @@ class BCConfig:
     weight_decay: float = 0.0
     max_grad_norm: float | None = None
     log_std_init: float = -0.5
+    sampler: str = "uniform"
+    sampler_alpha: float = 0.1
 
     def __post_init__(self) -> None:
         check_config(self, lr=(1e-12, None), batch_size=(1, None), weight_decay=(0.0, None),
                      max_grad_norm=(1e-12, None))
+        check_sampler(self)
 
 
 class BCLearner:

@@ -20,6 +20,7 @@ import torch
 
 from hybridrl.algos import check_config, gradient_step
 from hybridrl.data.batches import Transitions
+from hybridrl.data.weighting import check_sampler
 from hybridrl.errors import ConfigError
 from hybridrl.losses import awr_policy_loss, expectile_loss, td_loss
 from hybridrl.nn import Policy, ValueNet, make_policy
@@ -46,6 +47,8 @@ class IQLConfig:
             locomotion rule 1000 / (max - min episode return of the dataset), computed by
             :meth:`IQLLearner.prepare` (1.0 when all episodes have the same return); 1.0: unscaled rewards.
         max_grad_norm: global gradient-norm clip per optimiser (the two critics share one); None disables.
+        sampler, sampler_alpha: minibatch sampling of the offline loop: "uniform", or trajectory weighting "rw"/"aw"
+            with temperature sampler_alpha (Hong et al. 2023; :mod:`hybridrl.data.weighting`).
 
     ``temperature`` and ``normalize_reward`` were renamed to ``beta`` and ``reward_scale`` (``RENAMED_KEYS``: a
     config file or ``--set`` using an old key gets a ConfigError saying so).
@@ -65,12 +68,15 @@ class IQLConfig:
     max_weight: float = 100.0
     reward_scale: float | None = None
     max_grad_norm: float | None = None
+    sampler: str = "uniform"
+    sampler_alpha: float = 0.1
 
     def __post_init__(self) -> None:
         check_config(self, actor_lr=(1e-12, None), critic_lr=(1e-12, None), value_lr=(1e-12, None),
                      batch_size=(1, None), gamma=(0.0, 0.9999), tau=(1e-6, 1.0), expectile=(1e-3, 0.999),
                      beta=(0.0, None), max_weight=(1e-6, None), reward_scale=(1e-12, None),
                      max_grad_norm=(1e-12, None))
+        check_sampler(self)
 
 
 class IQLLearner:

@@ -7,6 +7,7 @@ import torch
 
 from hybridrl.algos import get_algo
 from hybridrl.data.dataset import Dataset
+from hybridrl.data.weighting import TransitionSampler
 from hybridrl.errors import ConfigError
 from hybridrl.loops.common import (
     CheckpointTrigger,
@@ -14,6 +15,7 @@ from hybridrl.loops.common import (
     MetricMeans,
     StopSignals,
     checkpoint,
+    console,
     end_run,
     interrupted,
     learner_modules,
@@ -80,11 +82,17 @@ def train_offline(
         norm.set_stats(mean, var, len(dataset))
     if hasattr(learner, "prepare") and not resume:  # on resume the checkpoint restores what prepare() fitted
         learner.prepare(dataset)
+    if hasattr(learner, "attach_dataset"):  # dataset structures that are not saved (PRDC's KD-tree), also on resume
+        learner.attach_dataset(dataset)
+    # config.sampler: "uniform" (default), "rw"/"aw" trajectory weighting (Hong et al. 2023; data/weighting.py)
+    sampler = TransitionSampler(dataset, getattr(config, "sampler", "uniform"), getattr(config, "sampler_alpha", 0.1))
     env_id = env_id or dataset.env_id
     eval_env = eval_env or env_id
     record = record or run_record(algo=algo, dataset=str(dataset.path), env_id=env_id, steps=steps, seed=seed,
                                   config=config)
     logger, step, loop_state = start_run(run, learner, record, resume)
+    if sampler.note is not None:
+        console.print(f"[yellow]note:[/] {sampler.note}")
     rng = np.random.default_rng(seed)
     if "numpy_rng" in loop_state:
         rng.bit_generator.state = loop_state["numpy_rng"]
@@ -103,7 +111,7 @@ def train_offline(
             if stop.signal_number is not None:
                 raise_if_nonfinite(means.means(), modules, step, run)  # the partial interval, before saving it
                 raise interrupted(stop, run, step, save)
-            idx = torch.from_numpy(rng.integers(0, len(data), size=config.batch_size))
+            idx = torch.from_numpy(sampler.indices(rng, config.batch_size))
             means.add(learner.update(data.index(idx)))
             step += 1
             if log_due(step) or step == steps:

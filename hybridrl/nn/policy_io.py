@@ -33,6 +33,7 @@ __all__ = ["POLICY_CLASSES", "load_policy", "policy_class", "read_policy_meta", 
 #: Class name (as written in ``policy.json``) -> the class, or its ``"module:qualname"`` imported on first use.
 POLICY_CLASSES: dict[str, Any] = {
     "CategoricalPolicy": "hybridrl.nn:CategoricalPolicy",
+    "DeterministicPolicy": "hybridrl.nn.deterministic:DeterministicPolicy",
     "GaussianPolicy": "hybridrl.nn:GaussianPolicy",
     "GaussianMixturePolicy": "hybridrl.nn.mixture:GaussianMixturePolicy",
     "TanhGaussianPolicy": "hybridrl.nn.tanh_gaussian:TanhGaussianPolicy",
