@@ -257,6 +257,40 @@ def ope_cmd(
         _stdout().print(f"note: {line}", soft_wrap=True)
 
 
+def _finetune_help() -> str:
+    from hybridrl.loops.finetune_run import FINETUNE_METHODS
+
+    return ("Fine-tune a saved (offline) policy online into a run directory: evaluates the start and a grid of points "
+            "(deterministic and stochastic), writes eval.json (start, final, dip, gain), curves.png, report.md.\n\n"
+            "Methods (hybridrl.loops.finetune_run.FINETUNE_METHODS): " + ", ".join(sorted(FINETUNE_METHODS)) + ".")
+
+
+@app.command("finetune", help=_finetune_help())
+def finetune_cmd(
+    policy: Path = typer.Argument(..., help="Policy directory (policy.json + model.safetensors) to start from."),
+    env: str | None = typer.Option(None, "--env", help="Gymnasium env id (default: the dataset's env)."),
+    dataset: str | None = typer.Option(None, "--dataset", help="The offline dataset (directory or Minari id)."),
+    algo: str = typer.Option("ppo", "--algo", help="Fine-tuning method (see above)."),
+    steps: int = typer.Option(..., "--steps", min=1, help="Online budget in environment steps."),
+    out: Path = typer.Option(..., "--out", help="Run directory."),
+    seed: int | None = typer.Option(None, "--seed", help="Random seed (default 0; a resumed run keeps its own)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a field of the method's config: key=value."),
+    eval_episodes: int = typer.Option(10, "--eval-episodes", min=1, help="Episodes per evaluation (each mode)."),
+    eval_points: int = typer.Option(10, "--eval-points", min=1, help="Evenly spaced evaluations (plus 4 early)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run from its last checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run."),
+    json_out: bool = typer.Option(False, "--json", help="Print eval.json's start/final/dip/gain on stdout."),
+) -> None:
+    from hybridrl.loops.finetune_run import finetune_run
+
+    run = finetune_run(policy, out, algo=algo, env_id=env, dataset=dataset, steps=steps, seed=seed, overrides=set_,
+                       eval_episodes=eval_episodes, eval_points=eval_points, resume=resume, overwrite=overwrite,
+                       progress=not json_out)
+    if json_out:
+        result = json.loads((run.path / "eval.json").read_text())
+        _emit_json({k: result[k] for k in ("algo", "env_id", "steps", "start", "final", "dip", "gain", "lost_start")})
+
+
 @app.command("pipeline")
 def pipeline_cmd(
     config: Path = typer.Argument(..., help="Pipeline YAML (see hybridrl/configs/demo.yaml)."),
@@ -273,11 +307,12 @@ def pipeline_cmd(
 def demo_cmd(
     out: Path = typer.Option(Path("runs/demo"), "--out"),
     overwrite: bool = typer.Option(False, "--overwrite"),
+    seed: int | None = typer.Option(None, "--seed", help="Replace the config's seed (default: the config's, 0)."),
 ) -> None:
     """The whole pipeline on Hopper-v5 from the config shipped in the package (about 10 minutes on 2 cores)."""
     from hybridrl.pipeline import run_demo
 
-    run_demo(out, overwrite=overwrite)
+    run_demo(out, overwrite=overwrite, seed=seed)
 
 
 from hybridrl.text.cli import app as _text_app  # noqa: E402, I001  (the `hybridrl text ...` sub-app)

@@ -24,8 +24,9 @@ from hybridrl.envs import make_env
 from hybridrl.errors import ConfigError
 from hybridrl.loops.common import console, json_ready
 from hybridrl.loops.evaluate import evaluate_policy
-from hybridrl.loops.finetune import FinetuneConfig, finetune
-from hybridrl.loops.train import build_config, finish_run, train
+from hybridrl.loops.finetune import FinetuneConfig
+from hybridrl.loops.finetune_run import get_finetune_method, run_finetune_in
+from hybridrl.loops.train import build_config, train
 from hybridrl.nn import load_policy
 from hybridrl.ope import INTERVALS, evaluate_ope, pick_estimator, select
 from hybridrl.runs import RunDir, apply_overrides, dataclass_from_dict, load_config, plot_estimates, save_config
@@ -45,11 +46,12 @@ _SECTIONS = {  # key -> (type, required keys, optional keys) of each mapping sec
     "collect": ({"parts"}, {"name"}),
     "ope": (set(), {"estimators", "fqe_steps", "fqe", "eval_episodes", "ci"}),
     "select": (set(), {"by", "k"}),
-    "finetune": ({"steps"}, {"mix_offline", "set"}),
+    "finetune": ({"steps"}, {"algo", "mix_offline", "set", "eval_points"}),
 }
 _TYPES = {"env_id": str, "seed": int, "gamma": float, "algo": str, "steps": int, "set": list, "name": str,
           "parts": list, "policy": str, "action_noise": float, "epsilon": float, "estimators": list,
-          "fqe_steps": int, "fqe": dict, "eval_episodes": int, "by": str, "k": int, "mix_offline": bool, "ci": str}
+          "fqe_steps": int, "fqe": dict, "eval_episodes": int, "by": str, "k": int, "mix_offline": bool, "ci": str,
+          "eval_points": int}
 _PART_KEYS = {"policy", "steps", "action_noise", "epsilon"}
 
 
@@ -65,7 +67,7 @@ def _check(source: str, where: str, value: Any, key: str) -> Any:
     if not ok:
         expected = "a list of strings" if tp is list else tp.__name__
         raise ConfigError(f"{source}: {where} = {value!r}; expected {expected}")
-    if key in ("steps", "fqe_steps", "eval_episodes", "k") and value < 1:
+    if key in ("steps", "fqe_steps", "eval_episodes", "k", "eval_points") and value < 1:
         raise ConfigError(f"{source}: {where} = {value!r}; expected a positive integer")
     if key == "name" and (not SAFE_NAME.fullmatch(value) or ".." in value):
         raise ConfigError(f"{source}: {where} = {value!r}; expected a plain folder name (letters, digits, _ . -; "
@@ -122,7 +124,7 @@ def _validate(cfg: Any, source: str) -> dict:
                 if sec == "behavior":
                     build_config(top[sec].get("algo", "ppo"), overrides=top[sec].get("set"))
                 else:
-                    apply_overrides(FinetuneConfig(), top[sec].get("set") or [])
+                    _check_finetune(top[sec])
             except ConfigError as e:
                 raise ConfigError(f"{source}: {sec}.set: {e}") from None
     ope = top.get("ope", {})
@@ -239,18 +241,17 @@ def _run_stages(run: RunDir, cfg: dict, source: str, progress: bool) -> None:
     ft = cfg.get("finetune")
     ft_eval = None
     if ft:
-        console.rule(f"[bold]4. fine-tune {best} online for {ft['steps']} steps")
-        ppo_cfg = apply_overrides(FinetuneConfig(), ft.get("set") or [])  # PPO + bc_coef, bc_decay, kl_coef
+        algo = ft.get("algo", "ppo")
+        console.rule(f"[bold]4. fine-tune {best} online with {algo} for {ft['steps']} steps")
         frun = RunDir.create(run.path / "finetune", overwrite=True)
         frun.release()  # inside the locked pipeline run
         start = load_policy(run.path / "candidates" / best / "policy", env_id)
-        before = evaluate_policy(start, env_id, n_eval, seed=60_000)
-        learner = finetune(env_id, dataset, start, int(ft["steps"]), config=ppo_cfg, run=frun, seed=seed,
-                           mix_offline=bool(ft.get("mix_offline", False)), progress=progress,
-                           record={"algo": "ppo-finetune", "env_id": env_id, "start": best, "steps": int(ft["steps"]),
-                                   "seed": seed, "config": json_ready(ppo_cfg.__dict__)})
-        ft_eval = finish_run(frun, learner.policy, env_id, n_eval, seed, title=f"fine-tuning {best} on {env_id}")
-        ft_eval["before"] = before
+        ft_eval = run_finetune_in(frun, start, algo=algo, env_id=env_id, dataset=dataset, steps=int(ft["steps"]),
+                                  seed=seed, overrides=ft.get("set") or [], eval_episodes=n_eval,
+                                  eval_points=int(ft.get("eval_points", 10)), progress=progress,
+                                  source=f"candidates/{best}/policy")
+        frun.commit()
+        ft_eval["before"] = ft_eval["start_eval"]["deterministic"]
     timings["finetune"] = time.perf_counter() - t0 - sum(timings.values())
 
     summary_out = {"env_id": env_id, "dataset": summary, "selected": best,
@@ -265,6 +266,23 @@ def _run_stages(run: RunDir, cfg: dict, source: str, progress: bool) -> None:
     console.print(f"[green]pipeline finished[/] in {sum(timings.values()):.0f} s: see {run.report_md}")
 
 
-def run_demo(out: str | Path = "runs/demo", overwrite: bool = False, progress: bool = True) -> RunDir:
-    """``hybridrl demo``: the pipeline on the config shipped with the package."""
-    return run_pipeline(demo_config_path(), out, overwrite=overwrite, progress=progress)
+def run_demo(out: str | Path = "runs/demo", overwrite: bool = False, progress: bool = True,
+             seed: int | None = None) -> RunDir:
+    """``hybridrl demo``: the pipeline on the config shipped with the package (``seed`` replaces its seed)."""
+    if seed is None:
+        return run_pipeline(demo_config_path(), out, overwrite=overwrite, progress=progress)
+    return run_pipeline({**load_config(demo_config_path()), "seed": int(seed)}, out, overwrite=overwrite,
+                        progress=progress)
+
+
+def _check_finetune(ft: dict) -> None:
+    """The fine-tuning section: a known method; for ``ppo`` its overrides, and ``mix_offline`` consistent with
+    ``bc_coef`` (the BC term is on exactly when ``bc_coef > 0``). Raises ConfigError."""
+    algo = ft.get("algo", "ppo")
+    get_finetune_method(algo)
+    if algo != "ppo":
+        return
+    bc = apply_overrides(FinetuneConfig(), ft.get("set") or []).bc_coef
+    if "mix_offline" in ft and bool(ft["mix_offline"]) != (bc > 0):
+        raise ConfigError(f"mix_offline={ft['mix_offline']} but bc_coef={bc}: the BC term on the dataset is on "
+                          "exactly when bc_coef > 0; drop mix_offline")

@@ -75,13 +75,12 @@ def write_pipeline_report(run: RunDir, cfg: dict, summary: dict, names, estimato
               if isinstance(v, (int, float, str))]
     L.append("")
     if ft_eval is not None:
-        before = ft_eval["before"]
+        from hybridrl.loops.finetune_run import finetune_explanation, finetune_table
+
         L += ["## 4. Online fine-tuning", "",
-              f"`{sel['top_k'][0]}` fine-tuned with PPO for {cfg['finetune']['steps']} environment steps "
-              f"(offline data mixed in: {bool(cfg['finetune'].get('mix_offline'))}). Deterministic evaluation:", "",
-              "| | mean return | std | normalised score |", "| --- | ---: | ---: | ---: |",
-              f"| before | {before['mean']:.1f} | {before['std']:.1f} | {_fmt(before['normalized_score'])} |",
-              f"| after | {ft_eval['mean']:.1f} | {ft_eval['std']:.1f} | {_fmt(ft_eval['normalized_score'])} |", "",
+              f"`{sel['top_k'][0]}` fine-tuned online with `{ft_eval['algo']}` for {cfg['finetune']['steps']} "
+              "environment steps (settings: " + (", ".join(cfg["finetune"].get("set") or []) or "defaults")
+              + "; `finetune/config.yaml`).", "", finetune_table(ft_eval), "", finetune_explanation(ft_eval), "",
               "![fine-tuning curves](finetune/curves.png)", ""]
     L += ["## Where things are", "", "- `behavior/`: the behaviour-policy run", "- `datasets/`: the Minari dataset",
           "- `candidates/<name>/`: each offline run (config, metrics, policy)",

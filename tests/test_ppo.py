@@ -169,13 +169,14 @@ def test_finetune_checkpoints_the_bc_schedule_and_resumes_it(tmp_path):
     data = collect("Pendulum-v1", None, 200, seed=0, progress=False)
     start = PPOLearner(PPOConfig(hidden=(8,)), data.observation_space, data.action_space).policy
     cfg = FinetuneConfig(n_steps=16, minibatch_size=16, n_epochs=1, hidden=(8,), bc_coef=0.5, bc_decay=0.5,
-                         kl_coef=0.1)
+                         kl_coef=0.1, kl_decay=0.5)
     run = RunDir.create(tmp_path / "ft")
     finetune("Pendulum-v1", data, start, 32, config=cfg, run=run, mix_offline=True, checkpoint_every=16,
              progress=False)
     step, state = load_checkpoint(latest_checkpoint(run))
-    assert step == 32 and state["loop"]["aux_losses"] == [{"coef": 0.5 * 0.5**2}, None]
+    assert step == 32 and state["loop"]["aux_losses"] == [{"coef": 0.5 * 0.5**2}, {"coef": 0.1 * 0.5**2}]
     finetune("Pendulum-v1", data, start, 64, config=cfg, run=run, mix_offline=True, checkpoint_every=16,
              resume=True, progress=False)
     step, state = load_checkpoint(latest_checkpoint(run))
     assert step == 64 and state["loop"]["aux_losses"][0]["coef"] == pytest.approx(0.5 * 0.5**4)
+    assert state["loop"]["aux_losses"][1]["coef"] == pytest.approx(0.1 * 0.5**4)

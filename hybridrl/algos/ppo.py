@@ -39,7 +39,20 @@ AuxLoss = Callable[[Minibatch], tuple[torch.Tensor, dict[str, float]]]
 
 @dataclass(frozen=True)
 class PPOConfig(ActorCriticConfig):
-    """PPO hyperparameters: the fields of :class:`ActorCriticConfig` (CleanRL's MuJoCo defaults)."""
+    """PPO hyperparameters: the fields of :class:`ActorCriticConfig` (CleanRL's MuJoCo defaults), plus
+
+    Attributes:
+        critic_lr: Adam learning rate of the critic (> 0), annealed like ``lr``; None = ``lr`` (one parameter group,
+            CleanRL). Fine-tuning uses a critic rate ~10x the actor's (Uni-O4: actor 2e-5, critic 2e-4).
+    """
+
+    critic_lr: float | None = None
+
+    def __post_init__(self) -> None:
+        from hybridrl.algos import check_config
+
+        super().__post_init__()
+        check_config(self, critic_lr=(1e-12, None))
 
 
 class PPOLearner:
@@ -55,9 +68,12 @@ class PPOLearner:
         self.config = config
         policy = policy or self._default_policy(observation_space, action_space)
         self.policy, self.critic = build_actor_critic(config, observation_space, action_space, policy)
-        params = [*self.policy.parameters(), *self.critic.parameters(),
-                  *self._extra_parameters(observation_space, action_space)]
+        actor = [*self.policy.parameters(), *self._extra_parameters(observation_space, action_space)]
+        critic_lr = getattr(config, "critic_lr", None)
+        params = [*actor, *self.critic.parameters()] if critic_lr is None else [
+            {"params": actor}, {"params": list(self.critic.parameters()), "lr": critic_lr}]  # [actor, critic] groups
         self.optimizer = torch.optim.Adam(params, lr=config.lr, eps=1e-5, fused=True)  # fused: one kernel per step
+        self._base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.generator = torch.Generator().manual_seed(seed)
 
     def _default_policy(self, observation_space: gym.Space, action_space: gym.Space) -> Policy | None:
@@ -71,8 +87,8 @@ class PPOLearner:
     def set_progress(self, fraction: float) -> None:
         """Set the learning rate for training progress ``fraction`` in [0, 1] (linear annealing)."""
         if self.config.anneal_lr:
-            for g in self.optimizer.param_groups:
-                g["lr"] = self.config.lr * max(0.0, 1.0 - fraction)
+            for g, base in zip(self.optimizer.param_groups, self._base_lrs):
+                g["lr"] = base * max(0.0, 1.0 - fraction)
 
     def update(self, batch: Segments, aux_losses: Sequence[AuxLoss] = ()) -> dict[str, float]:
         """One PPO update on a rollout ``batch`` (``Segments [B, T]`` with ``behavior_log_prob``).
@@ -110,6 +126,7 @@ class PPOLearner:
         out.update(
             explained_variance=float(explained_variance(old_v, ret)),
             lr=self.optimizer.param_groups[0]["lr"],
+            **({"critic_lr": self.optimizer.param_groups[1]["lr"]} if len(self.optimizer.param_groups) > 1 else {}),
             epochs=float(epochs),
             value_mean=float(old_v.mean()),
         )

@@ -22,6 +22,7 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from hybridrl.algos import get_algo
@@ -68,6 +69,8 @@ def train_on_policy(
     progress: bool = True,
     record: dict | None = None,
     algo: str = "ppo",
+    learner=None,
+    reward_scale: float | None = None,
 ):
     """Train an on-policy learner (``algo``, default PPO) on ``env_id`` for ``steps`` environment steps.
 
@@ -89,6 +92,10 @@ def train_on_policy(
         eval_every: environment steps between online evaluations (None: none).
         callback: ``callback(step, learner)`` after every update; a returned dict of floats is logged too.
         record: the run record written to ``config.yaml`` (default: built from the arguments).
+        learner: a learner built by the caller for these spaces (fine-tuning: a critic fitted before the first
+            update); None = ``algo``'s registered learner built from ``config`` and ``policy``.
+        reward_scale: multiply every reward by this fixed number (fine-tuning: the scale the critic was pre-trained
+            with) instead of a running scaler; exclusive with ``config.normalize_reward``.
     Returns:
         the trained learner.
     Raises:
@@ -106,7 +113,10 @@ def train_on_policy(
     obs_space, act_space = envs.single_observation_space, envs.single_action_space
     if policy is not None and (reason := policy_matches_spaces(policy, obs_space, act_space)):
         raise PolicyError(f"initial policy cannot act in {env_id}: {reason}")
-    learner = get_algo(algo).learner_cls(config, obs_space, act_space, seed=seed, policy=policy)
+    if reward_scale is not None and config.normalize_reward:
+        raise ConfigError("a fixed reward_scale and normalize_reward=true are exclusive; set normalize_reward=false")
+    if learner is None:
+        learner = get_algo(algo).learner_cls(config, obs_space, act_space, seed=seed, policy=policy)
     update = learner.update
     if getattr(learner, "uses_offline_data", False):
         update = functools.partial(update, offline=offline)
@@ -118,6 +128,8 @@ def train_on_policy(
     record = record or run_record(algo=algo, env_id=env_id, steps=steps, seed=seed, config=config)
     logger, step, loop_state = start_run(run, learner, record, resume)
     scaler = RewardScaler(config.gamma) if config.normalize_reward else None
+    if reward_scale is not None:
+        scaler = FixedRewardScale(reward_scale)
     if scaler is not None and loop_state.get("reward_scaler"):
         scaler.load_state_dict(loop_state["reward_scaler"])
     for aux, state in zip(aux_losses, loop_state.get("aux_losses", [])):
@@ -177,3 +189,25 @@ def train_on_policy(
     envs.close()
     end_run(logger, run, algo, step)
     return learner
+
+
+class FixedRewardScale:
+    """``reward * scale`` with the :class:`~hybridrl.envs.RewardScaler` call and state interface (no statistics)."""
+
+    clip = None
+
+    def __init__(self, scale: float):
+        self.scale = float(scale)
+
+    def __call__(self, reward, done):
+        return np.asarray(reward, dtype=np.float64) * self.scale
+
+    @property
+    def std(self) -> float:
+        return 1.0 / self.scale
+
+    def state_dict(self) -> dict:
+        return {"scale": self.scale}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scale = float(state.get("scale", self.scale))
