@@ -257,14 +257,14 @@ def test_offline_loop_uses_the_weighted_sampler():
 
 
 def test_ppo_fine_tunes_a_deterministic_policy_with_its_fixed_noise():
-    from hybridrl.algos.ppo import PPOConfig
-    from hybridrl.loops.finetune import finetune
+    from hybridrl.loops.finetune import FinetuneConfig, finetune
 
     env = gym.make("Pendulum-v1")
     pol = DeterministicPolicy(3, 1, (8,), action_low=env.action_space.low.tolist(),
                               action_high=env.action_space.high.tolist())
     before = {k: v.clone() for k, v in pol.state_dict().items()}
-    learner = finetune("Pendulum-v1", None, pol, 128, config=PPOConfig(n_steps=128, n_epochs=1), progress=False)
+    config = FinetuneConfig(n_steps=128, minibatch_size=64, n_epochs=1, critic_warmup_max=0)  # the actor moves at once
+    learner = finetune("Pendulum-v1", None, pol, 128, config=config, progress=False)
     assert type(learner.policy) is DeterministicPolicy
     assert torch.allclose(learner.policy.log_std.exp(), torch.tensor([0.2]))  # 0.1 of the half-width 2
     assert any(not torch.equal(v, learner.policy.state_dict()[k]) for k, v in before.items())
