@@ -236,7 +236,8 @@ def finetune_explanation(result: dict) -> str:
             f"{EVAL_SEED}..{EVAL_SEED + result['episodes'] - 1}, at every evaluation). *Deterministic* acts with the "
             "policy's mean action, *stochastic* samples from it (what fine-tuning itself runs). *dip* = lowest "
             f"evaluation in the first {DIP_WINDOW:.0%} of the {result['steps']}-step online budget / start; "
-            "*gain* = final / start.")
+            "*gain* = final / start. *n/a*: no evaluation fell in that window, or the start return is not positive "
+            "(a ratio to it means nothing: compare the returns).")
     lost = result.get("lost_start")
     return text + ("\n\n**" + lost[0].upper() + lost[1:] + ".**" if lost else
                    "\n\nThe run kept its start: no evaluation in the dip window fell below 0.95x the start and both "
