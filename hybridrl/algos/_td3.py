@@ -85,3 +85,22 @@ def frozen(module: torch.nn.Module) -> Iterator[None]:
     finally:
         for p in params:
             p.requires_grad_(True)
+
+
+def learner_state(learner) -> dict:
+    """State of a TD3-family learner: its ``_modules()`` and ``_optimizers()`` by name, ``n_updates`` and the last
+    actor metrics (the actor updates every ``policy_delay`` steps; its metrics are repeated in between)."""
+    state = {k: m.state_dict() for k, m in learner._modules().items()}
+    state.update({k: o.state_dict() for k, o in learner._optimizers().items()})
+    state.update(n_updates=learner.n_updates, actor_metrics=dict(learner._actor_metrics))
+    return state
+
+
+def load_learner_state(learner, state: dict) -> None:
+    """Inverse of :func:`learner_state`."""
+    for k, m in learner._modules().items():
+        m.load_state_dict(state[k])
+    for k, o in learner._optimizers().items():
+        o.load_state_dict(state[k])
+    learner.n_updates = int(state["n_updates"])
+    learner._actor_metrics = {k: float(v) for k, v in state["actor_metrics"].items()}

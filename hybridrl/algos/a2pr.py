@@ -23,7 +23,16 @@ import torch
 from torch import nn
 
 from hybridrl.algos import check_config, gradient_step
-from hybridrl.algos._td3 import continuous_dims, critic_step, frozen, make_actor, make_twin_q, smoothed_target_action
+from hybridrl.algos._td3 import (
+    continuous_dims,
+    critic_step,
+    frozen,
+    learner_state,
+    load_learner_state,
+    make_actor,
+    make_twin_q,
+    smoothed_target_action,
+)
 from hybridrl.data.batches import Transitions
 from hybridrl.data.weighting import check_sampler
 from hybridrl.losses.offline_reg import a2pr_bc_target, regularized_actor_loss, td3_critic_target, vae_loss
@@ -186,18 +195,10 @@ class A2PRLearner:
                 "vae_opt": self.vae_opt}
 
     def state_dict(self) -> dict:
-        state = {k: m.state_dict() for k, m in self._modules().items()}
-        state.update({k: o.state_dict() for k, o in self._optimizers().items()})
-        state.update(n_updates=self.n_updates, actor_metrics=dict(self._actor_metrics))
-        return state
+        return learner_state(self)
 
     def load_state_dict(self, state: dict) -> None:
-        for k, m in self._modules().items():
-            m.load_state_dict(state[k])
-        for k, o in self._optimizers().items():
-            o.load_state_dict(state[k])
-        self.n_updates = int(state["n_updates"])
-        self._actor_metrics = {k: float(v) for k, v in state["actor_metrics"].items()}
+        load_learner_state(self, state)
 
 
 from hybridrl.algos import register  # noqa: E402  (registration is the last statement of the file)

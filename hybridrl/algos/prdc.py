@@ -20,7 +20,16 @@ import numpy as np
 import torch
 
 from hybridrl.algos import check_config, gradient_step
-from hybridrl.algos._td3 import continuous_dims, critic_step, frozen, make_actor, make_twin_q, smoothed_target_action
+from hybridrl.algos._td3 import (
+    continuous_dims,
+    critic_step,
+    frozen,
+    learner_state,
+    load_learner_state,
+    make_actor,
+    make_twin_q,
+    smoothed_target_action,
+)
 from hybridrl.data.batches import Transitions
 from hybridrl.data.weighting import check_sampler
 from hybridrl.errors import ConfigError
@@ -164,19 +173,14 @@ class PRDCLearner:
         return {"policy": self.policy, "policy_target": self.policy_target, "critic": self.critic,
                 "critic_target": self.critic_target}
 
+    def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"actor_opt": self.actor_opt, "critic_opt": self.critic_opt}
+
     def state_dict(self) -> dict:
-        state = {k: m.state_dict() for k, m in self._modules().items()}
-        state.update(actor_opt=self.actor_opt.state_dict(), critic_opt=self.critic_opt.state_dict(),
-                     n_updates=self.n_updates, actor_metrics=dict(self._actor_metrics))
-        return state
+        return learner_state(self)
 
     def load_state_dict(self, state: dict) -> None:
-        for k, m in self._modules().items():
-            m.load_state_dict(state[k])
-        self.actor_opt.load_state_dict(state["actor_opt"])
-        self.critic_opt.load_state_dict(state["critic_opt"])
-        self.n_updates = int(state["n_updates"])
-        self._actor_metrics = {k: float(v) for k, v in state["actor_metrics"].items()}
+        load_learner_state(self, state)
 
 
 from hybridrl.algos import register  # noqa: E402  (registration is the last statement of the file)
