@@ -180,3 +180,12 @@ def test_finetune_checkpoints_the_bc_schedule_and_resumes_it(tmp_path):
     step, state = load_checkpoint(latest_checkpoint(run))
     assert step == 64 and state["loop"]["aux_losses"][0]["coef"] == pytest.approx(0.5 * 0.5**4)
     assert state["loop"]["aux_losses"][1]["coef"] == pytest.approx(0.1 * 0.5**4)
+
+
+def test_kl_to_reference_loss_without_closed_form_is_a_config_error():
+    from torch.distributions import Categorical, Normal
+
+    from hybridrl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no closed-form KL"):
+        kl_to_reference_loss(Normal(torch.zeros(3), torch.ones(3)), Categorical(logits=torch.zeros(3, 2)))

@@ -15,7 +15,7 @@ import math
 import torch
 from torch import Tensor
 
-from hybridrl.errors import ShapeError
+from hybridrl.errors import ConfigError, ShapeError
 from hybridrl.ops import check_same_shape, clipped_ratio, importance_ratio, kl_k3, masked_mean
 
 __all__ = [
@@ -179,15 +179,22 @@ def kl_to_reference_loss(dist: torch.distributions.Distribution, reference: torc
         dist: the current policy's distribution over a batch of states, batch shape ``[B]`` (carries the gradient).
         reference: the reference policy's distribution at the same states (treated as constant; build it under
             ``torch.no_grad``). Both must have a closed-form KL in ``torch.distributions`` (categorical, diagonal
-            Gaussian), otherwise ``NotImplementedError`` is raised.
-    Returns: ``(loss, {"kl_ref"})``. Raises ShapeError if the batch shapes differ.
+            Gaussian).
+    Returns: ``(loss, {"kl_ref"})``.
+    Raises: ShapeError if the batch shapes differ; ConfigError if the pair has no closed-form KL (e.g. a Gaussian
+        mixture or a tanh-squashed Gaussian): use ``kl_coef=0`` (or a BC term) for such policies.
     Source: Jaques et al. (2019) "Way Off-Policy Batch Deep RL", sec. 3 (KL control to a prior policy); the
     KL-to-reference term of Ziegler et al. (2019) "Fine-Tuning Language Models from Human Preferences", eq. 2.
     """
     if dist.batch_shape != reference.batch_shape:
         raise ShapeError(f"kl_to_reference_loss: batch shapes differ: {tuple(dist.batch_shape)} vs "
                          f"{tuple(reference.batch_shape)}")
-    loss = torch.distributions.kl_divergence(dist, reference).mean()
+    try:
+        loss = torch.distributions.kl_divergence(dist, reference).mean()
+    except NotImplementedError:
+        raise ConfigError(f"kl_to_reference_loss: no closed-form KL between {type(dist).__name__} and "
+                          f"{type(reference).__name__}; expected categorical or diagonal-Gaussian policies "
+                          "(set kl_coef=0 for this policy)") from None
     return loss, {"kl_ref": float(loss.detach())}
 
 
