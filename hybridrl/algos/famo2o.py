@@ -27,10 +27,10 @@ import torch
 from torch import Tensor
 
 from hybridrl.algos import check_config, gradient_step
-from hybridrl.algos.iql import IQLConfig, IQLLearner
+from hybridrl.algos.iql import IQLConfig, IQLLearner, iql_critic_step
 from hybridrl.data.batches import Transitions
 from hybridrl.errors import ConfigError
-from hybridrl.losses import awr_policy_loss, expectile_loss, td_loss
+from hybridrl.losses import awr_policy_loss
 from hybridrl.nn import GaussianPolicy, Policy, mlp
 
 EMB_DIM = 6
@@ -149,24 +149,6 @@ class FamO2OConfig(IQLConfig):
                      temperature_lr=(1e-12, None), init_temperature=(1e-12, None))
         if not self.beta_max > self.beta_min:
             raise ConfigError(f"FamO2OConfig: beta_max={self.beta_max} must exceed beta_min={self.beta_min}")
-
-
-def iql_critic_step(learner: IQLLearner, batch: Transitions) -> dict[str, float]:
-    """IQL's value (eq. 5) and critic (eq. 6) gradient steps and the Polyak targets, without the actor (eq. 7)."""
-    cfg = learner.config
-    q_target = torch.min(*learner.critic_target(batch.obs, batch.action))
-    v_loss, metrics = expectile_loss(q_target - learner.value(batch.obs), cfg.expectile)
-    gradient_step(learner.value_opt, v_loss, cfg.max_grad_norm)
-    with torch.no_grad():
-        target = (batch.reward * learner.reward_scale
-                  + cfg.gamma * (~batch.terminated).float() * learner.value(batch.next_obs))
-    q1, q2 = learner.critic(batch.obs, batch.action)
-    q1_loss, m1 = td_loss(q1, target)
-    q2_loss, _ = td_loss(q2, target)
-    gradient_step(learner.critic_opt, q1_loss + q2_loss, cfg.max_grad_norm)
-    learner.critic_target.update(cfg.tau)
-    metrics.update(q_loss=float(q1_loss.detach() + q2_loss.detach()), q_mean=m1["q_mean"])
-    return metrics
 
 
 class FamO2OLearner(IQLLearner):

@@ -184,6 +184,31 @@ class IQLLearner:
         self.reward_scale = None if scale is None else float(scale)
 
 
+
+def iql_critic_step(learner: IQLLearner, batch: Transitions) -> dict[str, float]:
+    """IQL's value (eq. 5) and critic (eq. 6) gradient steps and the Polyak targets, without the actor (eq. 7).
+
+    For learners that keep IQL's critics and replace its actor (FamO2O, Uni-O4, online IQL fine-tuning):
+    ``learner`` needs IQL's ``config`` fields (expectile, gamma, tau, max_grad_norm), ``critic``,
+    ``critic_target``, ``value``, their optimisers and a fixed ``reward_scale``. Returns ``value_loss``,
+    ``expectile_weight_mean``, ``q_loss``, ``q_mean``.
+    """
+    cfg = learner.config
+    q_target = torch.min(*learner.critic_target(batch.obs, batch.action))
+    v_loss, metrics = expectile_loss(q_target - learner.value(batch.obs), cfg.expectile)
+    gradient_step(learner.value_opt, v_loss, cfg.max_grad_norm)
+    with torch.no_grad():
+        target = (batch.reward * learner.reward_scale
+                  + cfg.gamma * (~batch.terminated).float() * learner.value(batch.next_obs))
+    q1, q2 = learner.critic(batch.obs, batch.action)
+    q1_loss, m1 = td_loss(q1, target)
+    q2_loss, _ = td_loss(q2, target)
+    gradient_step(learner.critic_opt, q1_loss + q2_loss, cfg.max_grad_norm)
+    learner.critic_target.update(cfg.tau)
+    metrics.update(q_loss=float(q1_loss.detach() + q2_loss.detach()), q_mean=m1["q_mean"])
+    return metrics
+
+
 from hybridrl.algos import register  # noqa: E402  (registration is the last statement of the file)
 
 register("iql", IQLConfig, IQLLearner, loop="offline", inputs="dataset",

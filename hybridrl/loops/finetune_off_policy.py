@@ -31,8 +31,8 @@ import numpy as np
 
 from hybridrl.algos import check_config
 from hybridrl.algos.cql import CQLConfig, CQLLearner
-from hybridrl.algos.famo2o import FamO2OConfig, FamO2OLearner, iql_critic_step
-from hybridrl.algos.iql import IQLConfig, IQLLearner
+from hybridrl.algos.famo2o import FamO2OConfig, FamO2OLearner
+from hybridrl.algos.iql import IQLConfig, IQLLearner, iql_critic_step
 from hybridrl.data.batches import Transitions
 from hybridrl.data.dataset import Dataset
 from hybridrl.data.mixed import MixedSampler

@@ -11,7 +11,7 @@ from torch import Tensor
 from hybridrl.errors import ShapeError
 
 __all__ = ["regularized_actor_loss", "td3_critic_target", "awac_weights", "awac_actor_loss", "a2pr_bc_target",
-           "vae_loss"]
+           "vae_loss", "ensemble_bc_loss"]
 
 
 def _same(where: str, **tensors: Tensor) -> None:
@@ -125,3 +125,35 @@ def vae_loss(recon: Tensor, action: Tensor, mean: Tensor, std: Tensor, weight: T
     kl = (-0.5 * (1 + torch.log(std.square()) - mean.square() - std.square())).mean()
     loss = recon_loss + kl_coef * kl
     return loss, {"vae_loss": float(loss.detach()), "recon_loss": float(recon_loss.detach()), "kl": float(kl.detach())}
+
+
+def ensemble_bc_loss(logp: Tensor, alpha: float) -> tuple[Tensor, dict[str, float]]:
+    """Uni-O4's ensemble behaviour cloning with its disagreement term, summed over the K members.
+
+        L = sum_i mean_B[ -log pi_i(a|s) - alpha (log pi_i(a|s) - sg(max_{j != i} log pi_j(a|s))) ]
+
+    (``kl_type='heuristic'``, ``bc_kl='data'`` of the official ``BC_ensemble.py``; K = 1 is plain BC). The max is
+    detached, so each member's gradient is ``(1 + alpha)`` times its BC gradient; members differ by their
+    initialisation. ``disagreement`` reports mean_i mean_B (max_{j != i} log pi_j - log pi_i).
+
+    Args:
+        logp: ``[K, B]`` log-likelihoods of the dataset actions under each member (nats, with gradient).
+        alpha: weight of the disagreement term (>= 0; Uni-O4: 0.1).
+    Returns:
+        ``(loss, metrics)``: ``bc_loss`` (mean over members of -log pi_i), ``disagreement``.
+    Raises:
+        ShapeError: ``logp`` is not 2-D.
+    Source: Lei et al. (2024) "Uni-O4", arXiv:2311.03351, sec. 4.1 (ensemble BC) and official BC_ensemble.py.
+    """
+    if logp.dim() != 2:
+        raise ShapeError(f"ensemble_bc_loss: logp must be [K, B], got {tuple(logp.shape)}")
+    k = logp.shape[0]
+    if k == 1:
+        loss = -logp.mean()
+        return loss, {"bc_loss": float(loss.detach()), "disagreement": 0.0}
+    others = logp.detach().unsqueeze(0).expand(k, k, -1).clone()  # [i, j, B]
+    others[torch.arange(k), torch.arange(k)] = -torch.inf
+    best_other = others.max(1).values  # [K, B]
+    loss = (-logp - alpha * (logp - best_other)).mean(1).sum()
+    return loss, {"bc_loss": float(-logp.detach().mean()),
+                  "disagreement": float((best_other - logp.detach()).mean())}
