@@ -63,6 +63,10 @@ def main() -> None:
     ap.add_argument("--collect-steps", type=int, default=30_000, help="behaviour-policy steps in the dataset")
     ap.add_argument("--offline-steps", type=int, default=100_000, help="IQL gradient steps")
     ap.add_argument("--iql-set", nargs="*", default=["beta=3.0"])
+    ap.add_argument("--starts", nargs="+", default=["iql"], choices=["iql", "unio4"],
+                    help="offline learners whose policies are fine-tuned (unio4: Uni-O4's offline stage)")
+    ap.add_argument("--unio4-steps", type=int, default=None, help="Uni-O4 gradient steps (default --offline-steps)")
+    ap.add_argument("--unio4-set", nargs="*", default=[])
     ap.add_argument("--eval-episodes", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", default="benchmarks/results/finetune_work")
@@ -73,22 +77,27 @@ def main() -> None:
     results = {"machine": machine(args.threads), "args": vars(args), "eval_seed_of_episode_0": EVAL_SEED, "runs": []}
     for seed in args.seeds:
         data = dataset_for(args.env, seed, work, args.behavior_steps, args.random_steps, args.collect_steps)
-        t0 = time.perf_counter()
-        iql = train("iql", work / f"iql-seed{seed}", args.offline_steps, dataset=data, seed=seed,
-                    overrides=args.iql_set, eval_episodes=0, progress=False, overwrite=True)
-        offline_s = time.perf_counter() - t0
-        for method in args.methods:
-            sets = [s.split(":", 1)[1] for s in args.set if s.startswith(method + ":")]
+        for start in args.starts:
             t0 = time.perf_counter()
-            run = finetune_run(iql.policy_dir, work / f"ft-{method}-seed{seed}", algo=method, env_id=args.env,
-                               dataset=data, steps=args.online_steps, seed=seed, overrides=sets,
-                               eval_episodes=args.eval_episodes, progress=False, overwrite=True)
-            r = json.loads((run.path / "eval.json").read_text())
-            results["runs"].append({"seed": seed, "method": method, "start_from": "iql", "offline_wall_s": offline_s,
-                                    "wall_s": time.perf_counter() - t0, "overrides": sets,
-                                    **{k: r[k] for k in ("start", "final", "dip", "dip_return", "gain", "curve",
-                                                         "lost_start")}})
-            save_json(results, args.out)
+            steps = args.offline_steps if start == "iql" or args.unio4_steps is None else args.unio4_steps
+            offline = train(start, work / f"{start}-seed{seed}", steps, dataset=data, seed=seed,
+                            overrides=args.iql_set if start == "iql" else args.unio4_set, eval_episodes=0,
+                            progress=False, overwrite=True)
+            offline_s = time.perf_counter() - t0
+            for method in args.methods:
+                sets = [s.split(":", 1)[1] for s in args.set if s.startswith(method + ":")]
+                t0 = time.perf_counter()
+                tag = method if start == "iql" else f"{method}-from-{start}"
+                run = finetune_run(offline.policy_dir, work / f"ft-{tag}-seed{seed}", algo=method, env_id=args.env,
+                                   dataset=data, steps=args.online_steps, seed=seed, overrides=sets,
+                                   eval_episodes=args.eval_episodes, progress=False, overwrite=True)
+                r = json.loads((run.path / "eval.json").read_text())
+                results["runs"].append({"seed": seed, "method": method, "start_from": start,
+                                        "offline_wall_s": offline_s, "wall_s": time.perf_counter() - t0,
+                                        "overrides": sets,
+                                        **{k: r[k] for k in ("start", "final", "dip", "dip_return", "gain", "curve",
+                                                             "lost_start")}})
+                save_json(results, args.out)
         if not args.no_scratch:
             t0 = time.perf_counter()
             srun = train("ppo", work / f"scratch-seed{seed}", args.online_steps, env_id=args.env, seed=seed,
@@ -101,7 +110,8 @@ def main() -> None:
                                     "wall_s": time.perf_counter() - t0})
             save_json(results, args.out)
     for r in results["runs"]:
-        print(r["method"], "seed", r["seed"], "start", r.get("start"), "final", r["final"], "dip", r.get("dip"),
+        print(r["method"], "from", r.get("start_from", "-"), "seed", r["seed"], "start", r.get("start"),
+              "final", r["final"], "dip", r.get("dip"),
               "gain", r.get("gain"), f"wall {r['wall_s']:.0f} s")
 
 
