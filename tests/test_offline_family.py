@@ -191,6 +191,22 @@ def test_advantage_weighted_probabilities_by_hand():
     assert np.allclose(p, w / w.sum(), rtol=1e-9)
 
 
+def test_top_percent_keeps_the_best_episodes_uniformly():
+    # 10 episodes with returns 0..9 (lengths 1 or 2): top20 keeps episodes 8 and 9, every kept transition equally
+    lengths = np.array([1, 2] * 5)
+    p, degenerate = trajectory_weights(np.arange(10.0), lengths, np.zeros((10, 1)), "top20")
+    kept = np.repeat(np.arange(10) >= 8, lengths)
+    assert not degenerate and np.allclose(p[kept], 1 / kept.sum()) and (p[~kept] == 0).all()
+    # ceil: top5 of 10 episodes keeps one; top100 is uniform; order-only, so any increasing rescaling gives the same p
+    assert (trajectory_weights(np.arange(10.0), lengths, np.zeros((10, 1)), "top5")[0] > 0).sum() == 2
+    assert np.allclose(trajectory_weights(np.arange(10.0), lengths, np.zeros((10, 1)), "top100")[0], 1 / 15)
+    assert np.allclose(p, trajectory_weights(np.exp(np.arange(10.0)), lengths, np.zeros((10, 1)), "top20")[0])
+    assert apply_overrides(IQLConfig(), ["sampler=top10"]).sampler == "top10"
+    for bad in ("top0", "top101", "top", "topx"):
+        with pytest.raises(ConfigError, match="sampler"):
+            IQLConfig(sampler=bad)
+
+
 def _episodes_dataset(returns_per_step, lengths):
     obs, acts, rews, starts = [], [], [], [0]
     for r, t in zip(returns_per_step, lengths):

@@ -7,7 +7,9 @@ Every transition of episode ``e`` gets the same weight; minibatches are drawn i.
     AW:  A_e = G_e - V_hat(s_0^e),  V_hat = least-squares linear fit of G on [s_0, 1]
          A_hat_e = (A_e - min A) / (max A - min A),                      p(i) = exp(A_hat_e(i) / alpha) / Z
 
-with ``G_e`` the undiscounted episode return, ``Z`` the sum over all ``N`` *transitions* (so an episode's total mass is
+and the paper's Top-K% baseline (``topK``, K an integer percentage in 1..100, e.g. ``top10``): ``p`` uniform over the
+transitions of the ``ceil(K E / 100)`` episodes with the highest returns, 0 elsewhere; with ``G_e`` the undiscounted
+episode return, ``Z`` the sum over all ``N`` *transitions* (so an episode's total mass is
 proportional to ``T_e exp(.)``), and ``alpha = 0.1``. ``uniform`` is ``p(i) = 1/N``. The min-max normalisation comes
 *before* the softmax (the d3rlpy variants of the same paper apply it after, or drop it: ALGORITHMS.md §10b), which
 makes ``p`` invariant to any affine rescaling ``r -> c r + b`` (c > 0) of the rewards.
@@ -28,18 +30,30 @@ from hybridrl.errors import ConfigError
 if TYPE_CHECKING:
     from hybridrl.data.dataset import Dataset
 
-SAMPLERS = ("uniform", "rw", "aw")
-"""Names accepted by the ``sampler`` field of offline configs."""
+SAMPLERS = ("uniform", "rw", "aw", "topK")
+"""Names accepted by the ``sampler`` field of offline configs (``topK``: K an integer percentage, e.g. ``top10``)."""
 
-__all__ = ["SAMPLERS", "TransitionSampler", "check_sampler", "episode_scores", "trajectory_weights"]
+
+def top_percent(kind: str) -> int | None:
+    """K of a ``topK`` sampler name (1..100), or None when ``kind`` is not of that form."""
+    if kind.startswith("top") and kind[3:].isdigit() and 1 <= int(kind[3:]) <= 100:
+        return int(kind[3:])
+    return None
+
+
+def _known(kind: str) -> bool:
+    return kind in ("uniform", "rw", "aw") or top_percent(kind) is not None
+
+__all__ = ["SAMPLERS", "TransitionSampler", "check_sampler", "episode_scores", "top_percent", "trajectory_weights"]
 
 
 def check_sampler(config) -> None:
     """Raise ConfigError unless ``config.sampler`` is in :data:`SAMPLERS` and ``config.sampler_alpha`` > 0."""
     name = type(config).__name__
-    if config.sampler not in SAMPLERS:
+    if not _known(config.sampler):
         raise ConfigError(f"{name}.sampler={config.sampler!r}; expected one of {SAMPLERS} "
-                          "(rw: return-weighted, aw: advantage-weighted, Hong et al. 2023)")
+                          "(rw: return-weighted, aw: advantage-weighted, topK: the top K% episodes by return, "
+                          "e.g. top10; Hong et al. 2023)")
     if not (np.isfinite(config.sampler_alpha) and config.sampler_alpha > 0):
         raise ConfigError(f"{name}.sampler_alpha={config.sampler_alpha!r}; expected a finite number > 0 (paper: 0.1)")
 
@@ -69,7 +83,7 @@ def trajectory_weights(returns: np.ndarray, lengths: np.ndarray, start_obs: np.n
 
     Args:
         returns: ``[E]`` episode returns. lengths: ``[E]`` steps per episode (N = sum). start_obs: ``[E, D]``.
-        kind: "uniform", "rw" or "aw". alpha: softmax temperature (> 0; paper 0.1).
+        kind: "uniform", "rw", "aw" or "topK". alpha: softmax temperature of rw/aw (> 0; paper 0.1).
     Returns:
         ``(p, degenerate)``; ``degenerate`` is True when all normalised scores were equal (then ``p`` is uniform).
     """
@@ -77,6 +91,13 @@ def trajectory_weights(returns: np.ndarray, lengths: np.ndarray, start_obs: np.n
     n = int(lengths.sum())
     if kind == "uniform":
         return np.full(n, 1.0 / n), False
+    k = top_percent(kind)
+    if k is not None:  # Top-K%: uniform over the transitions of the best ceil(K E / 100) episodes
+        g = np.asarray(returns, dtype=np.float64)
+        keep = np.zeros(len(g), dtype=bool)
+        keep[np.argsort(-g, kind="stable")[: int(np.ceil(k * len(g) / 100))]] = True
+        p = np.repeat(keep.astype(np.float64), lengths)
+        return p / p.sum(), False
     score = episode_scores(returns, start_obs, kind)
     spread = float(score.max() - score.min())
     # a spread at rounding level of the scores' magnitude (e.g. an exact regression fit) counts as none
@@ -102,7 +123,7 @@ class TransitionSampler:
     """
 
     def __init__(self, dataset: Dataset, kind: str = "uniform", alpha: float = 0.1):
-        if kind not in SAMPLERS:
+        if not _known(kind):
             raise ConfigError(f"sampler={kind!r}; expected one of {SAMPLERS}")
         if not (np.isfinite(alpha) and alpha > 0):
             raise ConfigError(f"sampler_alpha={alpha!r}; expected a finite number > 0")
