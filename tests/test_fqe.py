@@ -38,6 +38,7 @@ def test_config_validation():
     with pytest.raises(ConfigError, match="gamma"):
         FQEConfig(gamma=1.5)
     assert FQEConfig().hidden == (256, 256) and FQEConfig().n_action_samples == 10
+    assert FQEConfig().target_action_samples == 1
 
 
 def test_requires_a_fitting_policy():
@@ -83,7 +84,7 @@ def test_continuous_actions_sampled_expectation():
     """The target's E_pi Qbar(s', .) equals a loop over n clipped samples (std 1.6: many fall outside the box)."""
     obs_space, act_space = gym.spaces.Box(-1, 1, (3,), np.float32), gym.spaces.Box(-1, 1, (2,), np.float32)
     pi = GaussianPolicy(3, 2, hidden=(16,), log_std_init=0.5)
-    learner = FQELearner(small_config(n_action_samples=4, gamma=0.9), obs_space, act_space, policy=pi)
+    learner = FQELearner(small_config(target_action_samples=4, gamma=0.9), obs_space, act_space, policy=pi)
     g = torch.Generator().manual_seed(0)
     batch = Transitions(obs=torch.rand(32, 3, generator=g), action=torch.rand(32, 2, generator=g),
                         reward=torch.rand(32, generator=g), next_obs=torch.rand(32, 3, generator=g),

@@ -7,9 +7,11 @@ repeated regression onto a bootstrapped target computed with a slowly moving (Po
     L(theta) = E_{(s,a,r,s') ~ D} [ (Q_theta(s, a) - y)^2 ]            Qbar <- (1 - tau) Qbar + tau Q_theta
 
 Discrete actions: the expectation is the exact sum ``sum_a' pi(a'|s') Qbar(s', a')``. Continuous actions:
-the mean over ``n_action_samples`` samples ``a' ~ pi(.|s')``, clipped to the action bounds (what the
-environment would execute). Truncated transitions bootstrap (only termination stops the bootstrap), so
-FQE estimates the infinite-horizon value of pi, not the value of an episode cut at a time limit.
+the mean over ``target_action_samples`` samples ``a' ~ pi(.|s')`` in each regression target (default 1: an unbiased
+target, so the regression has the same fixed point; measured on Hopper: a similar path to 10 samples at 2.3x less
+cost per step) and over ``n_action_samples`` samples when the fitted critic is queried (``value``), clipped to the
+action bounds (what the environment would execute). Truncated transitions bootstrap (only termination stops the
+bootstrap), so FQE estimates the infinite-horizon value of pi, not the value of an episode cut at a time limit.
 
 Implementation details:
     1. The Q-network reads observations through the target policy's ``obs_norm`` (shared, never updated).
@@ -44,7 +46,9 @@ class FQEConfig:
         activation: "relu" or "tanh".
         gamma: discount in [0, 1].
         tau: Polyak rate of the target network in (0, 1] (1 = hard copy every step).
-        n_action_samples: samples a' ~ pi(.|s') averaged for E_pi Q(s', .) with continuous actions (>= 1).
+        n_action_samples: samples a ~ pi(.|s) averaged by :meth:`FQELearner.value` (V(s) = E_pi Q(s, .)) with
+            continuous actions (>= 1).
+        target_action_samples: samples a' ~ pi(.|s') averaged in each regression target (>= 1; continuous).
         max_grad_norm: global gradient-norm clip; None disables.
     """
 
@@ -55,6 +59,7 @@ class FQEConfig:
     gamma: float = 0.99
     tau: float = 0.05  # measured: 0.005 needs 10x the steps for gamma = 0.99 (docs/algorithms/ope.md, detail 15)
     n_action_samples: int = 10
+    target_action_samples: int = 1
     max_grad_norm: float | None = None
 
     def __post_init__(self) -> None:
@@ -62,6 +67,7 @@ class FQEConfig:
             ("lr", self.lr > 0, "> 0"), ("batch_size", self.batch_size >= 1, ">= 1"),
             ("gamma", 0.0 <= self.gamma <= 1.0, "in [0, 1]"), ("tau", 0.0 < self.tau <= 1.0, "in (0, 1]"),
             ("n_action_samples", self.n_action_samples >= 1, ">= 1"),
+            ("target_action_samples", self.target_action_samples >= 1, ">= 1"),
             ("activation", self.activation in ("relu", "tanh"), "'relu' or 'tanh'"),
             ("max_grad_norm", self.max_grad_norm is None or self.max_grad_norm > 0, "> 0 or None"),
         ]
@@ -101,12 +107,12 @@ class FQELearner:
         self.optimizer = torch.optim.Adam(self.q_net.parameters(), lr=config.lr)
 
     @torch.no_grad()
-    def _expected_q(self, net: QNet, obs: torch.Tensor) -> torch.Tensor:
-        """``E_{a ~ pi(.|s)} net(s, a)`` for ``obs [B, obs_dim]`` -> ``[B]`` float32."""
+    def _expected_q(self, net: QNet, obs: torch.Tensor, n: int) -> torch.Tensor:
+        """``E_{a ~ pi(.|s)} net(s, a)`` for ``obs [B, obs_dim]`` -> ``[B]`` float32 (continuous: mean of ``n``
+        samples)."""
         if self.discrete:
             q_all = net.all_actions(obs)
             return (self.policy.distribution(obs).probs.to(q_all.dtype) * q_all).sum(-1)
-        n = self.config.n_action_samples
         actions = self.policy.distribution(obs).sample((n,))  # [n, B, act_dim]
         actions = torch.maximum(torch.minimum(actions.float(), self._high), self._low)
         return net(obs.expand(n, *obs.shape), actions).mean(0)  # Q: [n, B] -> [B]
@@ -125,7 +131,7 @@ class FQELearner:
         """
         cfg = self.config
         with torch.no_grad():
-            v_next = self._expected_q(self.q_target.net, batch.next_obs)
+            v_next = self._expected_q(self.q_target.net, batch.next_obs, self.config.target_action_samples)
             target = batch.reward + cfg.gamma * (~batch.terminated).float() * v_next
         loss, metrics = td_loss(self.q_net(batch.obs, batch.action), target)
         gradient_step(self.optimizer, loss, cfg.max_grad_norm)
@@ -141,7 +147,7 @@ class FQELearner:
     @torch.no_grad()
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         """``V(s) = E_{a ~ pi(.|s)} Q(s, a)`` for raw ``obs [B, obs_dim]`` -> ``[B]`` (continuous: sample mean)."""
-        return self._expected_q(self.q_net, torch.as_tensor(obs, dtype=torch.float32))
+        return self._expected_q(self.q_net, torch.as_tensor(obs, dtype=torch.float32), self.config.n_action_samples)
 
     def state_dict(self) -> dict:
         return {"q": self.q_net.state_dict(), "q_target": self.q_target.state_dict(),
