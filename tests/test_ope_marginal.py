@@ -175,7 +175,7 @@ def test_chain_exact_weights_and_learned_weights(chain_data):
     rewards = episode_arrays(chain_data, chain_data.rewards)[0]
     est = marginal.mis(lw, rewards, mask, GAMMA)
     assert abs(est.estimate - truth) < 4 * se(est)
-    cfg = WeightConfig(hidden=(), lr=0.05, steps=600, batch_size=256, bandwidth=0.2, normalize_obs=False)
+    cfg = WeightConfig(hidden=(), lr=0.05, steps=400, batch_size=128, bandwidth=0.2, normalize_obs=False)
     pi = TabularPolicy(TARGET)
     for method in ("mwl", "dualdice"):
         fit = fit_weights(chain_data, pi, GAMMA, method, cfg, seed=0)
@@ -191,3 +191,29 @@ def test_chain_exact_weights_and_learned_weights(chain_data):
     mql = fit_weights(chain_data, pi, GAMMA, "mql", cfg, seed=0)
     assert mql.v0.mean() == pytest.approx(truth, rel=0.1), mql.history
     assert mql.converged and mql.weights is None
+
+
+def test_evaluate_ope_binds_marginal_and_distributional_estimators(chain_data):
+    """Behaviour-agnostic: the marginal estimators run on data without propensities, and unconverged fits say so."""
+    from hybridrl.algos.fqe import FQEConfig
+    from hybridrl.ope import evaluate_ope
+
+    _, _, truth = chain_truth()
+    no_logp = chain_data.select_episodes(range(300))
+    no_logp.behavior_log_prob = None
+    cfg = WeightConfig(hidden=(), lr=0.05, steps=300, batch_size=128, bandwidth=0.2, normalize_obs=False)
+    pi = TabularPolicy(TARGET)
+    res = evaluate_ope(no_logp, {"target": pi}, estimators=("mis_mwl", "mdr_mwl", "mdr_mql", "cd_dm"), gamma=GAMMA,
+                       fqe_steps=300, fqe_config=FQEConfig(hidden=(32,), batch_size=64), weight_config=cfg,
+                       n_boot=100)["target"]
+    for name in ("mis_mwl", "mdr_mwl", "mdr_mql"):
+        r = res[name]
+        assert not r.behavior_estimated and r.estimate == pytest.approx(truth, rel=0.15), (name, r.estimate, truth)
+        assert r.ci_low <= r.estimate <= r.ci_high and "weights_converged" in r.diagnostics
+    assert res["cd_dm"].distribution is not None and res["cd_dm"].to_dict()["distribution"]["cdf"][-1] == 1.0
+    bad = evaluate_ope(no_logp, {"target": pi}, estimators=("mis_dualdice",), gamma=GAMMA, n_boot=0,
+                       weight_config=WeightConfig(steps=4, checks=2, hidden=(8,)))["target"]["mis_dualdice"]
+    assert not bad.usable and "weights not converged" in bad.cell()
+    assert any("did not converge" in n for n in bad.notes)
+    with pytest.raises(ConfigError, match="gamma < 1"):
+        evaluate_ope(no_logp, {"target": pi}, estimators=("mis_mwl",), gamma=1.0)
