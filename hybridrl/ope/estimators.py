@@ -90,10 +90,10 @@ class OPEResult:
 
     @property
     def usable(self) -> bool:
-        """Not degenerate and, for critic-based estimators, the FQE fit converged (and the weight/MQL fit, for the
-        marginal estimators)."""
+        """Not degenerate and, for critic-based estimators, the FQE fit converged; for the marginal estimators the
+        weight/MQL fit converged and its weights needed a self-normaliser within [0.5, 2] (``weights_ok``)."""
         return (not self.degenerate and self.diagnostics.get("fqe_converged", 1.0) == 1.0
-                and self.diagnostics.get("weights_converged", 1.0) == 1.0)
+                and self.diagnostics.get("weights_ok", 1.0) == 1.0)
 
     def cell(self, digits: int = 3) -> str:
         """Short text for a table: ``"12.3 [11, 13.5]"``, or ``"degenerate (ESS 1.0 of 50, weights overflow)"``
@@ -117,6 +117,8 @@ class OPEResult:
             text += " (FQE not converged)"
         if self.diagnostics.get("weights_converged", 1.0) != 1.0:
             text += " (weights not converged)"
+        elif self.diagnostics.get("weights_ok", 1.0) != 1.0:
+            text += " (weights off: see notes)"
         return text
 
     def to_dict(self, per_episode: bool = False) -> dict:

@@ -81,6 +81,7 @@ def _marginal(name, dataset, policy, gamma, fqe, cache, config, seed, progress, 
         diag.update({(k if len(fits) == 1 else f"{fit.method}_{k}"): v for k, v in fit.diagnostics().items()})
         notes += fit.notes()
     diag["weights_converged"] = float(all(f.converged for f in fits))
+    diag["weights_ok"] = float(all(f.ok for f in fits))
     return est, diag, notes
 
 

@@ -111,8 +111,14 @@ class WeightFit:
     v_next: np.ndarray | None = None
     v0: np.ndarray | None = None
 
+    @property
+    def ok(self) -> bool:
+        """Converged and (weights) the self-normaliser within [0.5, 2]: the raw weights nearly satisfied the moment."""
+        return self.converged and (self.weights is None or 0.5 <= self.normaliser <= 2.0)
+
     def diagnostics(self) -> dict[str, float]:
-        d = {"weights_converged": float(self.converged), "weights_steps": float(self.steps)}
+        d = {"weights_converged": float(self.converged), "weights_ok": float(self.ok),
+             "weights_steps": float(self.steps)}
         if self.weights is not None:
             d["weight_normaliser"] = float(self.normaliser)
         return d
@@ -126,16 +132,18 @@ class WeightFit:
                        f"{', '.join(f'{v:.4g}' for v in last)} over the last checks); do not trust this estimate")
         if self.weights is not None and not 0.5 <= self.normaliser <= 2.0:
             out.append(f"warning: the {name} weights were rescaled by {self.normaliser:.3g} to satisfy "
-                       "E[w (1 - gamma (1 - d))] = 1 - gamma (about 1 expected): they are off")
+                       "E[w (1 - gamma (1 - d))] = 1 - gamma (about 1 expected): they are off; do not trust this "
+                       "estimate")
         return out
 
 
 class _Fn(nn.Module):
     """f(s, a): discrete -> one output per action; continuous -> input [s, a]. ``positive``: softplus output."""
 
-    def __init__(self, obs_dim: int, act_dim: int, discrete: bool, cfg: WeightConfig, positive: bool):
+    def __init__(self, obs_dim: int, act_dim: int, discrete: bool, cfg: WeightConfig, positive: bool,
+                 scale: float = 1.0):
         super().__init__()
-        self.discrete, self.positive = discrete, positive
+        self.discrete, self.positive, self.scale = discrete, positive, float(scale)
         self.net = mlp(obs_dim + (0 if discrete else act_dim), act_dim if discrete else 1, cfg.hidden,
                        cfg.activation, out_gain=0.1 if cfg.hidden else 1.0)
         if not cfg.hidden:  # linear: start at 0 (weight 1 after softplus-shift, value 0)
@@ -143,7 +151,7 @@ class _Fn(nn.Module):
 
     def _out(self, x: torch.Tensor) -> torch.Tensor:
         y = self.net(x)
-        return nn.functional.softplus(y + math.log(math.e - 1)) if self.positive else y  # softplus(0 + c) = 1
+        return nn.functional.softplus(y + math.log(math.e - 1)) if self.positive else y * self.scale
 
     def sa(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
         if self.discrete:
@@ -226,17 +234,22 @@ def fit_weights(dataset: Dataset, policy: Policy, gamma: float, method: str = "m
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     data = _Data(dataset, policy, cfg)
+    g, h, bsz = float(gamma), float(cfg.bandwidth), int(cfg.batch_size)
     obs_dim, n, e = data.obs.shape[1], len(data.r), len(data.s0)
-    main = _Fn(obs_dim, data.n_act, data.discrete, cfg, positive=method == "mwl")
+    # MQL's q is O(r_max / (1 - gamma)): its output is scaled by that, so the network works at O(1) (Adam moves
+    # parameters by ~lr per step whatever the gradient's scale). DualDICE's nu is left unscaled: scaling it by
+    # 1/(1 - gamma) made the minimax oscillate on the chain MDP (MIS 0.33 vs 0.51).
+    q_scale = max(float(data.r.abs().max()), 1e-8) / (1.0 - g)
+    main = _Fn(obs_dim, data.n_act, data.discrete, cfg, positive=method == "mwl",
+               scale=q_scale if method == "mql" else 1.0)
     nets = [main]
     if method == "dualdice":
-        nets.append(_Fn(obs_dim, data.n_act, data.discrete, cfg, positive=False))  # nu
+        nets.append(_Fn(obs_dim, data.n_act, data.discrete, cfg, positive=False))  # nu (unscaled: see below)
     # DualDICE: two timescales, nu 10x slower than zeta (Nachum et al. 2019 use 1e-4 / 1e-3); one rate is unstable
     opts = [torch.optim.Adam(m.parameters(), lr=cfg.lr * (1.0 if k == 0 else cfg.nu_lr_ratio))
             for k, m in enumerate(nets)]
     # learning rates decay linearly to 10% over the budget, so that a fit that has converged stops moving
     scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda k: 1.0 - 0.9 * k / cfg.steps) for o in opts]
-    g, h, bsz = float(gamma), float(cfg.bandwidth), int(cfg.batch_size)
     off = 1.0 - torch.eye(bsz)  # U-statistics: pairs of different samples only
     off3 = off.repeat(3, 3)
     r_scale = 0.01 * max(float(data.r.abs().max()), 1e-8) / (1.0 - g)
