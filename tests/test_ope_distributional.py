@@ -9,7 +9,7 @@ from rollouts import collect
 
 from hybridrl.envs.toy import ChainEnv, TabularPolicy
 from hybridrl.errors import ConfigError, ShapeError
-from hybridrl.ope import core
+from hybridrl.ope import core, estimate_value
 from hybridrl.ope.distributional import cdf_estimate, cdf_stats, episode_returns, plot_cdfs, step_cdf
 from hybridrl.ope.estimators import episode_arrays, importance_weights
 
@@ -82,6 +82,10 @@ def test_chain_cdf_matches_monte_carlo(tmp_path):
         assert est.mean == pytest.approx(truth.mean(), abs=0.03)
     # the behaviour data's own CDF is far from the target's: the check can fail
     assert np.abs((ret[:, None] <= grid[None, :]).mean(0) - mc_cdf).max() > 0.2
+    # the dataset binding gives the same distribution
+    r = estimate_value("cd_snis", data, TabularPolicy(target), gamma, n_boot=0, cvar_alpha=0.2)
+    assert r.estimate == pytest.approx(est.mean, abs=0.02) and r.distribution["cdf"][-1] == pytest.approx(1.0)
+    assert r.degenerate is False and r.to_dict()["distribution"]["cvar"] == pytest.approx(est.cvar, abs=0.05)
     out = plot_cdfs({"target / cd_snis": est}, tmp_path / "cdf.png", truth={"target": truth})
     assert out.stat().st_size > 1000
     with pytest.raises(ConfigError, match="exists"):
