@@ -116,7 +116,7 @@ class OPEResult:
         if self.diagnostics.get("fqe_converged", 1.0) != 1.0:
             text += " (FQE not converged)"
         if self.diagnostics.get("weights_converged", 1.0) != 1.0:
-            text += " (weights not converged)"
+            text += " (weight/MQL fit not converged)"
         elif self.diagnostics.get("weights_ok", 1.0) != 1.0:
             text += " (weights off: see notes)"
         return text

@@ -2,7 +2,8 @@
 
 All three learn from logged steps ``(s, a, r, s', d)`` drawn uniformly (the distribution ``d^D``) and initial states
 ``s_0`` of the dataset's episodes, with ``f(s', pi) = E_{a'~pi(.|s')} f(s', a')`` (exact sum for discrete actions, one
-sampled action for continuous ones) and ``d`` the termination flag (truncation bootstraps):
+sampled action clipped to the action box for continuous ones, as FQE does) and ``d`` the termination flag
+(truncation bootstraps):
 
     DualDICE  (Nachum, Chow, Dai & Li 2019, Sec. 3, f(x) = x^2/2 with the Fenchel-conjugate variable zeta):
         min_nu max_zeta  E_D[(nu(s,a) - gamma (1-d) nu(s',pi)) zeta(s,a) - zeta(s,a)^2 / 2]
@@ -203,6 +204,8 @@ class _Data:
             self.n_act = int(np.prod(dataset.action_space.shape))
             self.act = torch.as_tensor(np.asarray(dataset.actions, np.float32)).view(len(dataset), -1)
             self.act_repr = self.act
+            self.low = torch.as_tensor(np.asarray(dataset.action_space.low, np.float32).reshape(-1))
+            self.high = torch.as_tensor(np.asarray(dataset.action_space.high, np.float32).reshape(-1))
 
     @torch.no_grad()
     def pi(self, which: str, idx: torch.Tensor) -> torch.Tensor:
@@ -210,7 +213,8 @@ class _Data:
         if self.discrete:
             return (self.pi_next if which == "next" else self.pi_s0)[idx]
         raw = (self.raw_next if which == "next" else self.raw_s0)[idx]
-        return self.policy.sample(raw)[0].float().view(len(idx), -1)
+        a = self.policy.sample(raw)[0].float().view(len(idx), -1)
+        return torch.maximum(torch.minimum(a, self.high), self.low)  # what the env executes (as FQE does)
 
 
 def _points(data: _Data, x: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
