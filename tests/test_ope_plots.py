@@ -35,7 +35,6 @@ def test_plots_refuse_to_overwrite_and_check_inputs(tmp_path):
         plot_estimates_vs_truth(results, ["tis"], tmp_path / "e2.png")
 
 
-@pytest.mark.subprocess
 def test_cli_plot_dir_with_new_estimators(tmp_path):
     n = torch.get_num_threads()
     torch.set_num_threads(1)
