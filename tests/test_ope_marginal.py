@@ -168,6 +168,7 @@ def chain_truth():
     return w, q, float((TARGET[0] * q[0]).sum())
 
 
+@pytest.mark.slow  # learns DualDICE/MWL/MQL (about 13 s)
 def test_chain_exact_weights_and_learned_weights(chain_data):
     w_exact, _, truth = chain_truth()
     s = chain_data.observations.argmax(1)
