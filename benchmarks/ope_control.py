@@ -54,6 +54,7 @@ def main() -> None:
     p.add_argument("--out", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--reuse", action="store_true", help="reuse trained policies and datasets found under --work")
+    p.add_argument("--weight-steps", type=int, default=2000, help="DualDICE/MWL/MQL gradient steps (marginal ones)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     out = a.out or f"benchmarks/results/ope_control_{a.env.split('-')[0].lower()}.json"
@@ -109,13 +110,17 @@ def main() -> None:
     results["truth"] = truth
     results["setup_s"] = time.perf_counter() - t0
     ests = a.estimators.split(",")
+    if discrete:  # kernel IS is for continuous actions only
+        ests = [e for e in ests if e not in ("kis", "ksnis", "kdr", "ksndr")]
     true_j = {n: truth[n]["discounted_mean"] for n in cands}
     for dname in a.datasets.split(","):
         ds = data[dname]
         log(f"OPE on {dname} ({ds.n_episodes} episodes, {len(ds)} steps): {', '.join(ests)}")
         t1 = time.perf_counter()
+        from hybridrl.ope.weights import WeightConfig
+
         res = evaluate_ope(ds, cands, estimators=ests, gamma=GAMMA, fqe_steps=a.fqe_steps, seed=a.seed,
-                           progress=True)
+                           progress=True, weight_config=WeightConfig(steps=a.weight_steps))
         per = {}
         for e in ests:
             rel = {n: abs(res[n][e].estimate - true_j[n]) / abs(true_j[n]) for n in cands}

@@ -196,7 +196,10 @@ def ope_cmd(
     dataset: str = typer.Option(..., "--dataset"),
     policy: list[Path] = typer.Option(..., "--policy", help="Candidate policy directory (repeatable)."),
     estimators: str = typer.Option("fqe,pdis,snpdis,dr", "--estimators",
-                                   help="Comma-separated: fqe, pdis, snpdis, dr, tis, sntis, sndr."),
+                                   help="Comma-separated: fqe, pdis, snpdis, dr, tis, sntis, sndr; marginal "
+                                        "mis_dualdice, mis_mwl, mdr_dualdice, mdr_mwl, dm_mql, mdr_mql; kernel "
+                                        "(continuous) kis, ksnis, kdr, ksndr; distributional cd_dm, cd_is, cd_dr, "
+                                        "cd_snis, cd_sndr."),
     gamma: float = typer.Option(0.99, "--gamma", min=0.0, max=1.0),
     fqe_steps: int = typer.Option(None, "--fqe-steps", min=1,
                                   help="FQE step budget (default: fits the discount horizon; stops early when "
@@ -208,6 +211,15 @@ def ope_cmd(
     k: int = typer.Option(1, "--k", min=1, help="Top-k to select."),
     seed: int = typer.Option(0, "--seed"),
     json_out: bool = typer.Option(False, "--json"),
+    bandwidth: float = typer.Option(0.2, "--bandwidth", min=1e-6,
+                                    help="Kernel IS bandwidth (kis, kdr, ...) as a fraction of the action half-width."),
+    cvar_alpha: float = typer.Option(0.1, "--cvar-alpha", min=1e-6, max=1.0, help="CVaR level of cd_* estimators."),
+    weight_steps: int = typer.Option(2000, "--weight-steps", min=1, help="DualDICE/MWL/MQL gradient steps."),
+    plot: Path | None = typer.Option(None, "--plot", help="Directory for estimates.png, top_k.png (with "
+                                                          "--true-values) and cdf.png (cd_* estimators)."),
+    true_values: Path | None = typer.Option(None, "--true-values", help="JSON {policy: true value} (e.g. online "
+                                                                        "returns) for selection metrics and plots."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing --plot files."),
 ) -> None:
     """Estimate candidate policies' values from logged data and select the top-k by the first usable estimator.
 
@@ -225,14 +237,25 @@ def ope_cmd(
         names = [str(p) for p in policy]
     policies = {n: load_policy(p, ds.env_id) for n, p in zip(names, policy)}
     ests = tuple(e.strip() for e in estimators.split(",") if e.strip())
+    truth = _read_true_values(true_values, names) if true_values is not None else None
+    if plot is not None:
+        _check_plot_dir(plot, overwrite, ests, truth is not None)
     console.print(f"ope: {dataset}: {ds.n_episodes} episodes, {len(ds)} steps; {len(names)} candidates; "
                   f"estimators {', '.join(ests)}; {ci} intervals")
+    from hybridrl.ope.weights import WeightConfig
+
     results = evaluate_ope(ds, policies, estimators=ests, gamma=gamma, fqe_steps=fqe_steps, seed=seed,
-                           progress=True, ci=ci, clip=clip, min_ess=min_ess)
+                           progress=True, ci=ci, clip=clip, min_ess=min_ess, bandwidth=bandwidth,
+                           cvar_alpha=cvar_alpha, weight_config=WeightConfig(steps=weight_steps))
     by, usable, why = pick_estimator(results, ests[0], ests)
-    selection = select({n: results[n][by] for n in names}, k=min(k, len(names)))
+    selection = select({n: results[n][by] for n in names}, k=min(k, len(names)), true_values=truth)
     out = {"estimates": {n: {e: r.to_dict() for e, r in results[n].items()} for n in names},
            "selection": selection.to_dict(), "selected_by": by, "selection_note": why, "usable_estimators": usable}
+    if plot is not None:
+        from hybridrl.ope.plots import write_ope_plots
+
+        out["plots"] = [str(p) for p in write_ope_plots(results, ests, plot, truth, overwrite=overwrite)]
+        console.print(f"ope: plots written: {', '.join(out['plots'])}")
     console.print(f"ope: done; {why}")
     if json_out:
         _emit_json(out)
@@ -409,3 +432,29 @@ def _os_message(e: OSError) -> str:
 
 if __name__ == "__main__":
     main()
+
+
+def _read_true_values(path: Path, names: list[str]) -> dict[str, float]:
+    """``--true-values`` JSON: an object {policy name: number} covering every candidate (ConfigError otherwise)."""
+    try:
+        raw = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--true-values {path}: cannot read a JSON object ({e})") from None
+    if not isinstance(raw, dict) or not all(isinstance(v, (int, float)) for v in raw.values()):
+        raise ConfigError(f"--true-values {path}: expected a JSON object {{policy name: number}}")
+    missing = [n for n in names if n not in raw]
+    if missing:
+        raise ConfigError(f"--true-values {path} has no value for {missing}; it has {sorted(raw)}")
+    return {n: float(raw[n]) for n in names}
+
+
+def _check_plot_dir(directory: Path, overwrite: bool, estimators: tuple[str, ...], has_truth: bool) -> None:
+    """Fail before any fitting when ``--plot`` files exist (without --overwrite) or the path is a file."""
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(f"--plot {directory} is a file; expected a directory")
+    files = ["estimates.png"] + (["top_k.png"] if has_truth else []) + (
+        ["cdf.png"] if any(e.startswith("cd_") for e in estimators) else [])
+    for f in files:
+        if (directory / f).exists() and not overwrite:
+            raise ConfigError(f"--plot {directory / f} already exists; pass --overwrite to replace it")
+    _check_writable(directory / files[0])

@@ -7,8 +7,8 @@ import torch
 
 from hybridrl.algos.unio4 import UniO4Config, UniO4Learner
 from hybridrl.errors import ShapeError
-from hybridrl.losses.offline_reg import ensemble_bc_loss
 from hybridrl.loops.offline import train_offline
+from hybridrl.losses.offline_reg import ensemble_bc_loss
 from tests.test_offline_family_learning import ACT, OBS, bandit_dataset, expected_reward
 
 

@@ -30,7 +30,7 @@ from hybridrl.algos.fqe import fit as fqe_fit
 from hybridrl.data.dataset import Dataset
 from hybridrl.errors import ConfigError, DatasetError, ShapeError
 from hybridrl.nn import Policy, policy_matches_spaces
-from hybridrl.ope import core, intervals
+from hybridrl.ope import core, extended, intervals
 from hybridrl.runs.progress import progress_bar
 
 __all__ = [
@@ -39,11 +39,11 @@ __all__ = [
 ]
 
 #: Estimator names accepted by :func:`evaluate_ope` ("fqe" is the direct method with an FQE critic).
-ESTIMATORS = ("fqe", "pdis", "snpdis", "dr", "tis", "sntis", "sndr")
+ESTIMATORS = ("fqe", "pdis", "snpdis", "dr", "tis", "sntis", "sndr", *extended.EXTENDED)
 DEFAULT_ESTIMATORS = ("fqe", "pdis", "snpdis", "dr")
-IS_ESTIMATORS = ("pdis", "snpdis", "dr", "tis", "sntis", "sndr")  # need behaviour log-probabilities
-_NEEDS_FQE = ("fqe", "dm", "dr", "sndr")
-_SELF_NORMALISED = ("snpdis", "sntis", "sndr")
+IS_ESTIMATORS = ("pdis", "snpdis", "dr", "tis", "sntis", "sndr", *extended.NEEDS_BEHAVIOR)  # need pi_0 log-probs
+_NEEDS_FQE = ("fqe", "dm", "dr", "sndr", *extended.NEEDS_FQE)
+_SELF_NORMALISED = ("snpdis", "sntis", "sndr", *extended.SELF_NORMALISED)
 _ALL = (*ESTIMATORS, "dm")  # what estimate_value accepts ("dm" = "fqe" under its textbook name)
 _CHUNK = 65536  # rows per forward pass when evaluating a policy or critic on the whole dataset
 _CORE = {"pdis": core.pdis, "snpdis": core.snpdis, "tis": core.tis, "sntis": core.sntis}
@@ -86,11 +86,14 @@ class OPEResult:
     interval_meaning: str = ""
     degenerate: bool = False
     degenerate_reasons: list[str] = field(default_factory=list)
+    distribution: dict | None = None  # distributional estimators: the CDF and its statistics (CDFEstimate.to_dict)
 
     @property
     def usable(self) -> bool:
-        """Not degenerate and, for critic-based estimators, the FQE fit converged."""
-        return not self.degenerate and self.diagnostics.get("fqe_converged", 1.0) == 1.0
+        """Not degenerate and, for critic-based estimators, the FQE fit converged; for the marginal estimators the
+        weight/MQL fit converged and its weights needed a self-normaliser within [0.5, 2] (``weights_ok``)."""
+        return (not self.degenerate and self.diagnostics.get("fqe_converged", 1.0) == 1.0
+                and self.diagnostics.get("weights_ok", 1.0) == 1.0)
 
     def cell(self, digits: int = 3) -> str:
         """Short text for a table: ``"12.3 [11, 13.5]"``, or ``"degenerate (ESS 1.0 of 50, weights overflow)"``
@@ -112,6 +115,10 @@ class OPEResult:
             text += f" [{self.ci_low:.{digits}g}, {self.ci_high:.{digits}g}]"
         if self.diagnostics.get("fqe_converged", 1.0) != 1.0:
             text += " (FQE not converged)"
+        if self.diagnostics.get("weights_converged", 1.0) != 1.0:
+            text += " (weight/MQL fit not converged)"
+        elif self.diagnostics.get("weights_ok", 1.0) != 1.0:
+            text += " (weights off: see notes)"
         return text
 
     def to_dict(self, per_episode: bool = False) -> dict:
@@ -123,6 +130,8 @@ class OPEResult:
              "usable": self.usable, "notes": list(self.notes),
              "diagnostics": {k: float(v) for k, v in self.diagnostics.items()},
              "behavior_estimated": bool(self.behavior_estimated)}
+        if self.distribution is not None:
+            d["distribution"] = self.distribution
         if per_episode:
             d["per_episode"] = None if self.per_episode is None else np.asarray(self.per_episode, dtype=float).tolist()
         return d
@@ -225,7 +234,9 @@ def _fqe_notes(fqe) -> tuple[dict[str, float], list[str]]:
 def estimate_value(estimator: str, dataset: Dataset, policy: Policy, gamma: float, fqe: FQELearner | None = None,
                    behavior_log_prob: np.ndarray | None = None, n_boot: int = 1000, confidence: float = 0.95,
                    seed: int | np.random.Generator | None = 0, ci: str = "bootstrap", clip: float | None = None,
-                   min_ess: float = core.MIN_ESS, value_range: tuple[float, float] | None = None) -> OPEResult:
+                   min_ess: float = core.MIN_ESS, value_range: tuple[float, float] | None = None,
+                   weight_config=None, bandwidth: float = extended.DEFAULT_BANDWIDTH, cvar_alpha: float = 0.1,
+                   cache: dict | None = None, progress: bool = False) -> OPEResult:
     """One estimate of J(``policy``) from ``dataset`` with a confidence interval and a degeneracy verdict.
 
     Args:
@@ -240,6 +251,10 @@ def estimate_value(estimator: str, dataset: Dataset, policy: Policy, gamma: floa
             terms for "hoeffding"/"bernstein" (default: their observed range).
         clip: per-step importance-ratio cap c > 0 or None (biased when it binds; :mod:`hybridrl.ope.core`).
         min_ess: ESS threshold of degeneracy (:func:`hybridrl.ope.core.degeneracy`).
+        weight_config, bandwidth, cvar_alpha, cache, progress: for the marginal, kernel and distributional
+            estimators (:mod:`hybridrl.ope.extended`): DualDICE/MWL/MQL settings
+            (:class:`~hybridrl.ope.weights.WeightConfig`), kernel bandwidth (fraction of the action half-width),
+            CVaR level, a per-policy dict reusing weight fits, a progress bar for those fits.
     Raises:
         ConfigError: unknown estimator or interval, bad gamma/clip, missing critic, or one fitted for another policy
             object/gamma.
@@ -250,7 +265,7 @@ def estimate_value(estimator: str, dataset: Dataset, policy: Policy, gamma: floa
     if ci not in intervals.INTERVALS:
         raise ConfigError(f"unknown interval {ci!r}; expected one of {list(intervals.INTERVALS)}")
     _check_inputs(dataset, policy, gamma)
-    extra_diag, extra_notes = {}, []
+    extra_diag, extra_notes, distribution = {}, [], None
     if estimator in _NEEDS_FQE:
         _check_fqe(fqe, policy, gamma)
         extra_diag, extra_notes = _fqe_notes(fqe)
@@ -258,6 +273,13 @@ def estimate_value(estimator: str, dataset: Dataset, policy: Policy, gamma: floa
         s0 = np.asarray(dataset.observations, dtype=np.float32)[np.asarray(dataset.episode_starts)[:-1]]
         v0 = fqe.value(torch.as_tensor(s0)).double().numpy()
         est = core.mean_estimate(v0, {"v0_std": float(v0.std())}, [_DM_NOTE])
+    elif estimator in extended.EXTENDED:
+        est, more_diag, more_notes, cdf = extended.estimate(
+            estimator, dataset, policy, gamma, fqe, behavior_log_prob, cache, weight_config, bandwidth, cvar_alpha,
+            clip, seed if isinstance(seed, int) else int(np.random.default_rng(seed).integers(2**31)), progress)
+        extra_diag.update(more_diag)
+        extra_notes = more_notes + extra_notes
+        distribution = None if cdf is None else cdf.to_dict()
     else:
         log_ratio, mask = episode_arrays(dataset, importance_weights(dataset, policy, behavior_log_prob))
         rewards = episode_arrays(dataset, dataset.rewards)[0]
@@ -275,7 +297,7 @@ def estimate_value(estimator: str, dataset: Dataset, policy: Policy, gamma: floa
     notes = [n for n in est.notes if "overflow" not in n or not reasons] + ci_notes + extra_notes
     return OPEResult(estimator, est.estimate, est.per_episode, low, high, confidence, e, notes,
                      {**est.diagnostics, **extra_diag}, interval=ci, interval_meaning=intervals.MEANINGS[ci],
-                     degenerate=bool(reasons), degenerate_reasons=reasons)
+                     degenerate=bool(reasons), degenerate_reasons=reasons, distribution=distribution)
 
 
 # ------------------------------------------------------------------------------------------------ pipeline
@@ -315,7 +337,9 @@ def evaluate_ope(dataset: Dataset, policies: dict[str, Policy],
                  fqe_steps: int | None = None, fqe_config: FQEConfig | None = None, behavior_steps: int = 2000,
                  n_boot: int = 1000, confidence: float = 0.95, seed: int = 0, progress: bool = False,
                  ci: str = "bootstrap", clip: float | None = None, min_ess: float = core.MIN_ESS,
-                 value_range: tuple[float, float] | None = None) -> dict[str, dict[str, OPEResult]]:
+                 value_range: tuple[float, float] | None = None, weight_config=None,
+                 bandwidth: float = extended.DEFAULT_BANDWIDTH,
+                 cvar_alpha: float = 0.1) -> dict[str, dict[str, OPEResult]]:
     """Estimate the value of each policy with each estimator.
 
     One FQE critic is fitted per policy (when "fqe", "dr" or "sndr" is asked; ``fqe_steps`` is its budget, default
@@ -323,7 +347,8 @@ def evaluate_ope(dataset: Dataset, policies: dict[str, Policy],
     ``dataset.behavior_log_prob`` is None and an IS-based estimator is asked, a calibrated behaviour model is fitted
     once (:func:`hybridrl.ope.behavior.fit_behavior_model`, ``behavior_steps`` BC steps); each IS-based result then
     carries a note and the model's held-out diagnostics (``behavior_heldout_mean_weight``, ~1 expected, and
-    ``behavior_heldout_loglik``). ``ci``, ``clip``, ``min_ess``, ``value_range``: see :func:`estimate_value`.
+    ``behavior_heldout_loglik``). ``ci``, ``clip``, ``min_ess``, ``value_range``, ``weight_config``, ``bandwidth``,
+    ``cvar_alpha``: see :func:`estimate_value`; DualDICE/MWL/MQL fits are shared between a policy's estimators.
     With ``progress``, each stage is announced on stderr and FQE shows a progress bar.
 
     Returns: ``{policy_name: {estimator: OPEResult}}``.
@@ -373,11 +398,15 @@ def evaluate_ope(dataset: Dataset, policies: dict[str, Policy],
         if model is not None:
             behavior_diag = model.diagnostics(_batched(policy.log_prob, dataset))
         res: dict[str, OPEResult] = {}
+        cache: dict = {}  # weight / MQL fits shared between this policy's marginal estimators
         for e_idx, name in enumerate(estimators):
             rng = np.random.default_rng([seed, p_idx, e_idx])
+            if name in extended.MARGINAL:
+                say(f"policy {pname}: {name} (fits DualDICE/MWL/MQL once per policy)")
             r = estimate_value(name, dataset, policy, gamma, fqe, None if name == "fqe" else blp, n_boot, confidence,
-                               rng, ci, clip if name != "fqe" else None, min_ess, value_range)
-            if model is not None and name != "fqe":
+                               rng, ci, clip if name != "fqe" else None, min_ess, value_range, weight_config,
+                               bandwidth, cvar_alpha, cache, progress)
+            if model is not None and name in IS_ESTIMATORS:
                 r.notes.append(model.describe())
                 r.diagnostics.update(behavior_diag)
                 r.behavior_estimated = True
