@@ -1,0 +1,339 @@
+"""``hybridrl sweep``: run a sweep file's trials with Ray Tune, each trial an ordinary ``hybridrl train`` run directory.
+
+Layout of ``--out``::
+
+    sweep.yaml        the sweep file as run (``--resume`` refuses a different one)
+    sweep.json        every trial's arguments and status (pending / done / stopped / error), node and timings
+    runs/<trial>/     the run directory ``hybridrl train`` writes for the same arguments (same ``metrics.csv``)
+    tune/tune-<k>/    Ray Tune's own state for the k-th invocation (its checkpoints for PBT)
+    report.md, report.html, plots/   the aggregate report (:mod:`hybridrl.scale.report`)
+
+A trial calls :func:`hybridrl.loops.train.train` in a thread of its Tune actor and reports each new ``metrics.csv`` row
+to Tune (``step`` is the schedulers' time axis), so ASHA can stop it early. PBT gets the run's own checkpoints
+(``checkpoints/step_<N>/`` with ``config.yaml`` and ``metrics.csv``); an exploiting trial copies the donor's checkpoint
+into its run directory, records its mutated config in ``config.yaml`` and continues with ``train(resume=True)``.
+A trial restarted after a failure (node lost, driver killed) resumes from its run directory's latest checkpoint;
+a finished run directory (``report.md`` written) is never run again. Ray is imported only inside these functions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from hybridrl.errors import ConfigError
+from hybridrl.scale.sweep_spec import Sweep, TrialSpec, load_sweep, trial_done
+
+POLL_S = 0.2
+"""Seconds between looks at a running trial's ``metrics.csv`` and ``checkpoints/``."""
+
+
+# ----------------------------------------------------------------------------------------------------- trial side
+def _rows(csv_path: Path, seen: int) -> tuple[list[dict[str, float]], int]:
+    """Complete rows of ``metrics.csv`` after the first ``seen`` (as floats; empty cells left out)."""
+    import csv
+
+    if not csv_path.exists():
+        return [], seen
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        text = f.read()
+    lines = text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines = lines[:-1]  # a row still being written
+    rows = list(csv.reader(lines))
+    if not rows:
+        return [], seen
+    header, body = rows[0], rows[1:]
+    out = []
+    for r in body[seen:]:
+        if len(r) == len(header):
+            out.append({k: float(v) for k, v in zip(header, r) if v != ""})
+    return out, len(body)
+
+
+def _restore_from(ckpt_dir: Path, run_dir: Path, spec: TrialSpec, overrides: list[str]) -> None:
+    """Put a reported project checkpoint (``step_<N>/``, ``config.yaml``, ``metrics.csv``) into ``run_dir`` so that
+    ``train(resume=True)`` continues from it, with ``overrides`` (PBT's mutated values) in the saved config."""
+    from hybridrl.loops.train import build_config
+    from hybridrl.runs import dataclass_to_dict, load_config, save_config
+
+    steps = [p for p in ckpt_dir.iterdir() if p.is_dir() and p.name.startswith("step_")]
+    if len(steps) != 1:
+        raise ConfigError(f"Tune checkpoint {ckpt_dir} holds {len(steps)} step_<N>/ directories; expected 1")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    shutil.copytree(steps[0], run_dir / "checkpoints" / steps[0].name)
+    shutil.copy2(ckpt_dir / "metrics.csv", run_dir / "metrics.csv")
+    record = load_config(ckpt_dir / "config.yaml")
+    record["config"] = dataclass_to_dict(build_config(spec.algo, None, overrides))
+    record["seed"] = spec.seed
+    save_config(run_dir / "config.yaml", record)
+
+
+def _snapshot(run_dir: Path, step_dir: Path) -> Path:
+    """A Tune checkpoint directory holding a copy of the run's checkpoint ``step_dir`` plus its config and metrics."""
+    tmp = Path(tempfile.mkdtemp(prefix="hybridrl-ckpt-"))
+    shutil.copytree(step_dir, tmp / step_dir.name)
+    for name in ("config.yaml", "metrics.csv"):
+        shutil.copy2(run_dir / name, tmp / name)
+    return tmp
+
+
+def trial_main(config: dict[str, Any]) -> None:
+    """Tune's function trainable: one ``train`` call into ``<out>/runs/<name>``, reporting its metrics rows.
+
+    ``config["trial"]`` is a :meth:`TrialSpec.to_dict` plus ``runs_dir``; other top-level keys are PBT's mutated
+    config fields (added to the overrides).
+    """
+    import ray
+    import torch
+    from ray import tune
+
+    from hybridrl.loops.train import train
+    from hybridrl.runs import list_checkpoints
+
+    t0 = time.monotonic()
+    torch.set_num_threads(1)  # as the CLI's default --threads 1: the same numbers as `hybridrl train`
+    d = dict(config["trial"])
+    run_dir = Path(d.pop("runs_dir")) / d["name"]
+    pbt = bool(d.pop("report_checkpoints", False))
+    spec = TrialSpec.from_dict(d)
+    mutated = [f"{k}={v}" for k, v in sorted(config.items()) if k != "trial"]
+    overrides = [*spec.overrides, *mutated]
+    node = ray.get_runtime_context().get_node_id()
+    base = {"node_id": node, "trial": spec.name}
+    if trial_done(run_dir):  # finished before (resumed sweep): report its result, run nothing
+        tune.report({**base, **_final(run_dir), "train_s": 0.0, "trial_s": time.monotonic() - t0, "skipped": 1})
+        return
+    resume = False
+    ckpt = tune.get_checkpoint()
+    if ckpt is not None:  # PBT exploit, or Tune restoring this trial: the project checkpoint inside it
+        with ckpt.as_directory() as cdir:
+            _restore_from(Path(cdir), run_dir, spec, overrides)
+        resume = True
+    elif (run_dir / "checkpoints").is_dir() and list_checkpoints(run_dir):
+        resume = True  # restarted after a failure: continue the run directory
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        t = time.monotonic()
+        try:
+            train(spec.algo, run_dir, spec.steps, env_id=spec.env_id, dataset=spec.dataset, seed=spec.seed,
+                  overrides=None if resume else overrides, resume=resume, checkpoint_every=spec.checkpoint_every,
+                  eval_episodes=spec.eval_episodes, progress=False)
+        except BaseException as e:  # re-raised in the trial's thread below
+            box["error"] = e
+        box["train_s"] = time.monotonic() - t
+
+    thread = threading.Thread(target=work, name=f"train-{spec.name}", daemon=True)
+    thread.start()
+    seen, last_ckpt, last = 0, None, {}
+    while True:
+        alive = thread.is_alive()
+        rows, seen = _rows(run_dir / "metrics.csv", seen)
+        for row in rows:
+            last.update(row)
+            report = {**base, **last, "step": int(row["step"])}
+            ckpts = list_checkpoints(run_dir) if pbt else []
+            if ckpts and ckpts[-1][0] == int(row["step"]) and ckpts[-1][1] != last_ckpt:
+                last_ckpt = ckpts[-1][1]
+                snap = _snapshot(run_dir, last_ckpt)
+                try:
+                    tune.report(report, checkpoint=tune.Checkpoint.from_directory(str(snap)))
+                finally:
+                    shutil.rmtree(snap, ignore_errors=True)
+            else:
+                tune.report(report)
+        if not alive:
+            break
+        time.sleep(POLL_S)
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    tune.report({**base, **last, **_final(run_dir), "train_s": box.get("train_s", 0.0),
+                 "trial_s": time.monotonic() - t0, "skipped": 0})
+
+
+def _final(run_dir: Path) -> dict[str, float]:
+    """``eval_mean`` (and ``eval_normalized`` when the env has reference scores) from the run's ``eval.json``."""
+    path = run_dir / "eval.json"
+    if not path.exists():
+        return {}
+    ev = json.loads(path.read_text())
+    out = {"eval_mean": float(ev["mean"])}
+    if ev.get("normalized_score") is not None:
+        out["eval_normalized"] = float(ev["normalized_score"])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- driver side
+def _state_path(out: Path) -> Path:
+    return out / "sweep.json"
+
+
+def _read_state(out: Path) -> dict[str, Any]:
+    return json.loads(_state_path(out).read_text()) if _state_path(out).exists() else {}
+
+
+def _write_state(out: Path, state: dict[str, Any]) -> None:
+    from hybridrl.runs import atomic_write_text
+
+    atomic_write_text(_state_path(out), json.dumps(state, indent=2) + "\n")
+
+
+def _prepare_out(sweep: Sweep, out: Path, resume: bool) -> dict[str, Any]:
+    """Create ``out`` (or check it for ``--resume``) and return the sweep state, finished trials marked done."""
+    from hybridrl.runs import atomic_write_text
+
+    text = sweep.path.read_text(encoding="utf-8")
+    if resume:
+        if not _state_path(out).exists():
+            raise ConfigError(f"nothing to resume: {out} has no sweep.json; run the sweep without --resume")
+        if (out / "sweep.yaml").read_text(encoding="utf-8") != text:
+            raise ConfigError(f"--resume continues {out} with its own sweep file {out / 'sweep.yaml'}, and "
+                              f"{sweep.path} differs from it; pass that file, or another --out")
+        state = _read_state(out)
+    else:
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise ConfigError(f"sweep directory {out} already exists; pass --resume to continue it, or another --out")
+        (out / "runs").mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "sweep.yaml", text)
+        state = {"name": sweep.name, "scheduler": sweep.scheduler, "metric": sweep.metric, "mode": sweep.mode,
+                 "trials": {t.name: {"spec": t.to_dict(), "status": "pending"} for t in sweep.trials}}
+    for t in sweep.trials:
+        entry = state["trials"].setdefault(t.name, {"spec": t.to_dict(), "status": "pending"})
+        if trial_done(out / "runs" / t.name):
+            entry["status"] = "done"
+    _write_state(out, state)
+    return state
+
+
+def _callback(out: Path, state: dict[str, Any]):
+    from ray import tune
+
+    class SweepState(tune.Callback):
+        """Records each trial's outcome in ``sweep.json`` as it happens, so a killed driver loses nothing (Tune calls
+        callbacks from the driver's one control thread)."""
+
+        def _set(self, trial, status: str) -> None:
+            name = trial.config["trial"]["name"]
+            res = trial.last_result or {}
+            entry = state["trials"][name]
+            if status == "terminated":
+                status = "done" if trial_done(out / "runs" / name) else "stopped"
+            entry["status"] = status
+            for k in ("node_id", "train_s", "trial_s", "eval_mean", "eval_normalized", "step", "skipped"):
+                if k in res:
+                    entry[k] = res[k]
+            if status == "error":
+                entry["error"] = str(getattr(trial, "error_file", "") or "see the Tune trial's error.txt")
+            _write_state(out, state)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._set(trial, "terminated")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._set(trial, "error")
+
+    return SweepState()
+
+
+def _scheduler(sweep: Sweep):
+    from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
+
+    args = dict(sweep.scheduler_args)
+    if sweep.scheduler == "asha":
+        args.setdefault("max_t", sweep.trials[0].steps)
+        args.setdefault("grace_period", max(1, sweep.trials[0].steps // 8))
+        return ASHAScheduler(time_attr="step", metric=sweep.metric, mode=sweep.mode, **args)
+    if sweep.scheduler == "pbt":
+        muts = args.pop("mutations")
+        args.setdefault("perturbation_interval", sweep.trials[0].checkpoint_every or max(1, sweep.trials[0].steps // 4))
+        return PopulationBasedTraining(time_attr="step", metric=sweep.metric, mode=sweep.mode,
+                                       hyperparam_mutations=muts, **args)
+    return None
+
+
+def run_sweep(sweep_file: str | Path, out: str | Path, address: str | None = None, scheduler: str | None = None,
+              resume: bool = False, num_cpus: int | None = None, report: bool = True,
+              timeout_s: float = 60.0) -> dict[str, Any]:
+    """Run (or continue) a sweep; write ``sweep.json``, the trials' run directories and the aggregate report.
+
+    Args:
+        sweep_file: the sweep YAML (:mod:`hybridrl.scale.sweep_spec`). out: the sweep directory.
+        address: None starts a loopback-only local Ray runtime; ``"auto"``/``"HOST:PORT"`` joins a cluster.
+        scheduler: ``none``, ``asha`` or ``pbt`` (None: the file's). resume: continue ``out``; finished trials are
+            not rerun, unfinished ones continue from their latest checkpoint.
+        num_cpus: CPUs of the local runtime (None: all). report: write report.md/html at the end.
+        timeout_s: seconds to wait for the Ray connection.
+
+    Returns:
+        a summary: trials run/skipped/errored, per-node trial counts, wall time, mean train and trial seconds.
+
+    Raises:
+        ConfigError: a bad sweep file, an ``out`` that exists (without ``resume``) or differs (with it), no Ray.
+    """
+    from hybridrl.scale import runtime
+
+    out = Path(out)
+    sweep = load_sweep(sweep_file, scheduler)
+    state = _prepare_out(sweep, out, resume)
+    state.update(scheduler=sweep.scheduler)
+    todo = [t for t in sweep.trials if state["trials"][t.name]["status"] not in ("done", "stopped")]
+    t0 = time.monotonic()
+    results: dict[str, Any] = {"trials": len(sweep.trials), "to_run": len(todo)}
+    if todo:
+        os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no CSV/JSON/TensorBoard copies
+        os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        ray = runtime.connect(address, num_cpus=num_cpus, timeout_s=timeout_s)
+        from ray import tune
+
+        k = 1 + sum(1 for p in (out / "tune").glob("tune-*")) if (out / "tune").is_dir() else 1
+        runs_dir = str((out / "runs").resolve())
+        space: dict[str, Any] = {"trial": tune.grid_search([{**t.to_dict(), "runs_dir": runs_dir,
+                                                     "report_checkpoints": sweep.scheduler == "pbt"} for t in todo])}
+        if sweep.scheduler == "pbt":
+            for key, vals in sweep.scheduler_args["mutations"].items():
+                space[key] = tune.choice(list(vals))
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1) // max(sweep.resources.get("cpu", 1), 1e-9)))
+        tuner = tune.Tuner(
+            tune.with_resources(trial_main, {k2: v for k2, v in sweep.resources.items()}),
+            param_space=space,
+            tune_config=tune.TuneConfig(scheduler=_scheduler(sweep), reuse_actors=False,
+                                        max_concurrent_trials=sweep.max_concurrent or None,
+                                        trial_name_creator=lambda t: t.config["trial"]["name"],
+                                        trial_dirname_creator=lambda t: t.config["trial"]["name"]),
+            run_config=tune.RunConfig(name=f"tune-{k}", storage_path=str((out / "tune").resolve()), verbose=0,
+                                      callbacks=[_callback(out, state)], log_to_file=True,
+                                      failure_config=tune.FailureConfig(max_failures=2),
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
+        )
+        grid = tuner.fit()
+        results["errors"] = sum(1 for r in grid if r.error is not None)
+        results["slots"] = min(cpus, len(todo), sweep.max_concurrent or len(todo))
+    wall = time.monotonic() - t0
+    with_times = [e for e in state["trials"].values() if "train_s" in e and not e.get("skipped")]
+    nodes: dict[str, int] = {}
+    for e in with_times:
+        nodes[e["node_id"]] = nodes.get(e["node_id"], 0) + 1
+    statuses = [e["status"] for e in state["trials"].values()]
+    results.update(wall_s=wall, nodes=nodes, done=statuses.count("done"), stopped=statuses.count("stopped"),
+                   error=statuses.count("error"), pending=statuses.count("pending"))
+    if with_times and todo:
+        results["train_s_sum"] = sum(e["train_s"] for e in with_times)
+        results["trial_in_actor_overhead_s"] = sum(e["trial_s"] - e["train_s"] for e in with_times) / len(with_times)
+        results["overhead_per_trial_s"] = (results["slots"] * wall - results["train_s_sum"]) / len(with_times)
+    if todo:
+        runtime.shutdown()
+    if report and statuses.count("done"):
+        from hybridrl.scale.report import write_sweep_report
+
+        write_sweep_report(out)
+    return results
