@@ -119,6 +119,9 @@ def trial_main(config: dict[str, Any]) -> None:
         resume = True
     elif (run_dir / "checkpoints").is_dir() and list_checkpoints(run_dir):
         resume = True  # restarted after a failure: continue the run directory
+    # a run directory left without a checkpoint by a killed trial starts again (train's overwrite keeps it until the
+    # new run has its first checkpoint)
+    restart = not resume and run_dir.is_dir() and any(p.name != ".lock" for p in run_dir.iterdir())
     box: dict[str, Any] = {}
 
     def work() -> None:
@@ -126,7 +129,7 @@ def trial_main(config: dict[str, Any]) -> None:
         try:
             train(spec.algo, run_dir, spec.steps, env_id=spec.env_id, dataset=spec.dataset, seed=spec.seed,
                   overrides=None if resume else overrides, resume=resume, checkpoint_every=spec.checkpoint_every,
-                  eval_episodes=spec.eval_episodes, progress=False)
+                  overwrite=restart, eval_episodes=spec.eval_episodes, progress=False)
         except BaseException as e:  # re-raised in the trial's thread below
             box["error"] = e
         box["train_s"] = time.monotonic() - t

@@ -8,7 +8,8 @@ No Ray here: :func:`load_sweep` reads and validates a sweep file (every trial's 
     eval_episodes: 10              # as `train --eval-episodes`
     checkpoint_every: 1000         # optional, as `train --checkpoint-every` (PBT: its perturbation interval)
     algorithms: [bc, iql]          # or a mapping: {ppo: {set: [ent_coef=0.01], grid: {lr: [3e-4, 1e-3]}}}
-    datasets: [runs/suite/random-v0, runs/suite/medium-v0]   # offline/hybrid learners (paths or Minari ids)
+    datasets: [runs/suite/random-v0, runs/suite/medium-v0]   # offline/hybrid learners (paths, relative to the
+                                   # working directory, or Minari ids)
     envs: [Hopper-v5]              # online learners (--env); both lists may be given for hybrid learners
     set: [batch_size=64]           # overrides for every trial (`train --set`)
     grid: {lr: [3.0e-4, 1.0e-3]}   # config values: every combination becomes a configuration
@@ -168,7 +169,9 @@ def load_sweep(path: str | Path, scheduler: str | None = None) -> Sweep:
     algos = data.get("algorithms")
     _need(isinstance(algos, (list, dict, str)) and algos, path, "algorithms", "a list or mapping of algorithms", algos)
     algos = {a: {} for a in _as_list(algos, path, "algorithms")} if not isinstance(algos, dict) else algos
-    datasets = [str(d) for d in _as_list(data.get("datasets"), path, "datasets")]
+    # a dataset path is made absolute (trials run in other working directories); anything else is a Minari id
+    datasets = [str(Path(d).resolve()) if Path(str(d)).exists() else str(d)
+                for d in _as_list(data.get("datasets"), path, "datasets")]
     envs = [str(e) for e in _as_list(data.get("envs"), path, "envs")]
     common = [str(s) for s in _as_list(data.get("set"), path, "set")]
     grid = _grid_points(data.get("grid"), path, "grid")
