@@ -7,6 +7,8 @@ from scipy import stats
 from hybridrl.errors import ConfigError
 from hybridrl.scale import report
 
+pytest.importorskip("rliable")
+
 
 def test_iqm_by_hand():
     # 8 scores: the 25% trimmed mean drops the 2 lowest and 2 highest and averages the middle 4
