@@ -50,6 +50,7 @@ def main() -> None:
     ap.add_argument("--kill-after", type=int, default=8, help="SIGKILL the driver once this many trials are done")
     args = ap.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # loopback nodes; Ray reads it at import
     from ray.cluster_utils import Cluster
 
     args.out.mkdir(parents=True, exist_ok=False)

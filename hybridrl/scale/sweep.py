@@ -295,6 +295,10 @@ def run_sweep(sweep_file: str | Path, out: str | Path, address: str | None = Non
         os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no CSV/JSON/TensorBoard copies
         os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        if address is None or address.split(":")[0] in ("127.0.0.1", "localhost"):
+            # Workaround: Ray reads this when it is first imported, and replaces a loopback address by the machine's
+            # own IP unless it is 0; set it before anything imports Ray (runtime.connect sets it after the import).
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         ray = runtime.connect(address, num_cpus=num_cpus, timeout_s=timeout_s)
         from ray import tune
 
