@@ -76,6 +76,17 @@ def _restore_from(ckpt_dir: Path, run_dir: Path, spec: TrialSpec, overrides: lis
     save_config(run_dir / "config.yaml", record)
 
 
+def _start_step(run_dir: Path) -> int:
+    """Step of the checkpoint a resumed run continues from; drops the metrics rows logged after it (as ``train``'s
+    resume does), so that they are not reported twice."""
+    from hybridrl.runs import MetricsLogger, list_checkpoints
+
+    step = list_checkpoints(run_dir)[-1][0]
+    if (run_dir / "metrics.csv").exists():
+        MetricsLogger(run_dir, tensorboard=False).truncate(step)
+    return step
+
+
 def _snapshot(run_dir: Path, step_dir: Path) -> Path:
     """A Tune checkpoint directory holding a copy of the run's checkpoint ``step_dir`` plus its config and metrics."""
     tmp = Path(tempfile.mkdtemp(prefix="hybridrl-ckpt-"))
@@ -119,9 +130,8 @@ def trial_main(config: dict[str, Any]) -> None:
         resume = True
     elif (run_dir / "checkpoints").is_dir() and list_checkpoints(run_dir):
         resume = True  # restarted after a failure: continue the run directory
-    # a run directory left without a checkpoint by a killed trial starts again (train's overwrite keeps it until the
-    # new run has its first checkpoint)
-    restart = not resume and run_dir.is_dir() and any(p.name != ".lock" for p in run_dir.iterdir())
+    elif run_dir.is_dir():
+        shutil.rmtree(run_dir)  # left without a checkpoint by a killed trial: nothing to keep, start again
     box: dict[str, Any] = {}
 
     def work() -> None:
@@ -129,31 +139,38 @@ def trial_main(config: dict[str, Any]) -> None:
         try:
             train(spec.algo, run_dir, spec.steps, env_id=spec.env_id, dataset=spec.dataset, seed=spec.seed,
                   overrides=None if resume else overrides, resume=resume, checkpoint_every=spec.checkpoint_every,
-                  overwrite=restart, eval_episodes=spec.eval_episodes, progress=False)
+                  eval_episodes=spec.eval_episodes, progress=False)
         except BaseException as e:  # re-raised in the trial's thread below
             box["error"] = e
         box["train_s"] = time.monotonic() - t
 
     thread = threading.Thread(target=work, name=f"train-{spec.name}", daemon=True)
     thread.start()
-    seen, last_ckpt, last = 0, None, {}
+    seen, done_step, last, pending = 0, _start_step(run_dir) if resume else -1, {}, []
+    every = spec.checkpoint_every
     while True:
         alive = thread.is_alive()
         rows, seen = _rows(run_dir / "metrics.csv", seen)
-        for row in rows:
+        pending += [r for r in rows if int(r["step"]) > done_step]
+        while pending:
+            step = int(pending[0]["step"])
+            ckpts = dict(list_checkpoints(run_dir)) if pbt else {}
+            due = pbt and (step >= spec.steps or (every and step // every > max(done_step, 0) // every))
+            if due and step not in ckpts and alive:
+                break  # the loop logs a row, then writes the checkpoint of that step: report them together
+            row = pending.pop(0)
             last.update(row)
-            report = {**base, **last, "step": int(row["step"])}
-            ckpts = list_checkpoints(run_dir) if pbt else []
-            if ckpts and ckpts[-1][0] == int(row["step"]) and ckpts[-1][1] != last_ckpt:
-                last_ckpt = ckpts[-1][1]
-                snap = _snapshot(run_dir, last_ckpt)
+            report = {**base, **last, "step": step}
+            if step in ckpts:
+                snap = _snapshot(run_dir, ckpts[step])
                 try:
                     tune.report(report, checkpoint=tune.Checkpoint.from_directory(str(snap)))
                 finally:
                     shutil.rmtree(snap, ignore_errors=True)
             else:
                 tune.report(report)
-        if not alive:
+            done_step = step
+        if not alive and not pending:
             break
         time.sleep(POLL_S)
     thread.join()
