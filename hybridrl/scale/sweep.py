@@ -269,7 +269,9 @@ def _scheduler(sweep: Sweep):
 
     args = dict(sweep.scheduler_args)
     if sweep.scheduler == "asha":
-        args.setdefault("max_t", sweep.trials[0].steps)
+        # past the last step (on-policy loops may overshoot `steps` by part of a rollout): ASHA stops a trial that
+        # reaches max_t, which would cut off train's final evaluation
+        args.setdefault("max_t", 2 * sweep.trials[0].steps + 1)
         args.setdefault("grace_period", max(1, sweep.trials[0].steps // 8))
         return ASHAScheduler(time_attr="step", metric=sweep.metric, mode=sweep.mode, **args)
     if sweep.scheduler == "pbt":
@@ -316,6 +318,10 @@ def run_sweep(sweep_file: str | Path, out: str | Path, address: str | None = Non
             # Workaround: Ray reads this when it is first imported, and replaces a loopback address by the machine's
             # own IP unless it is 0; set it before anything imports Ray (runtime.connect sets it after the import).
             os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        if address is None:
+            # Workaround: with no address, ray.init joins a cluster recorded in /tmp/ray/ray_current_cluster (any
+            # other Ray user's on this machine) instead of starting our own; "local" forces a new local runtime.
+            os.environ["RAY_ADDRESS"] = "local"
         ray = runtime.connect(address, num_cpus=num_cpus, timeout_s=timeout_s)
         from ray import tune
 
@@ -337,8 +343,12 @@ def run_sweep(sweep_file: str | Path, out: str | Path, address: str | None = Non
             run_config=tune.RunConfig(name=f"tune-{k}", storage_path=str((out / "tune").resolve()), verbose=0,
                                       callbacks=[_callback(out, state)], log_to_file=True,
                                       failure_config=tune.FailureConfig(max_failures=2),
-                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=4)),
         )
+        import logging
+
+        # the per-trial result files it looks for are the loggers switched off above; sweep.json has the results
+        logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
         grid = tuner.fit()
         results["errors"] = sum(1 for r in grid if r.error is not None)
         results["slots"] = min(cpus, len(todo), sweep.max_concurrent or len(todo))
