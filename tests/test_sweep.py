@@ -45,7 +45,7 @@ def killed_and_resumed(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sweep")
     ds = _datasets(tmp)
     sweep = tmp / "s.yaml"
-    sweep.write_text(f"steps: 200\neval_episodes: 1\nalgorithms: [bc]\ndatasets: [{ds}]\nseeds: 3\n"
+    sweep.write_text(f"steps: 200\neval_episodes: 1\nalgorithms: [bc]\ndatasets: [{ds}]\nseeds: 2\n"
                      "set: [batch_size=32]\n")
     out = tmp / "out"
     first = _cli("sweep", str(sweep), "--out", str(out), "--num-cpus", "1")  # one trial at a time
@@ -59,7 +59,7 @@ def killed_and_resumed(tmp_path_factory):
         os.killpg(first.pid, signal.SIGKILL)  # the driver and everything it started (Ray, trial workers)
         first.wait()
     before = {n for n, s in _statuses(out).items() if s == "done"}
-    assert 0 < len(before) < 3
+    assert len(before) == 1
     stamps = {n: [(p.name, p.stat().st_mtime_ns) for p in sorted((out / "runs" / n).iterdir())] for n in before}
     second = _cli("sweep", str(sweep), "--out", str(out), "--num-cpus", "2", "--resume", "--json")
     try:
@@ -77,7 +77,7 @@ def test_killed_sweep_resumes_without_rerunning(killed_and_resumed):
     r = killed_and_resumed
     out = r["out"]
     assert set(_statuses(out).values()) == {"done"}
-    assert r["summary"]["to_run"] == 3 - len(r["before"]) and r["summary"]["errors"] == 0
+    assert r["summary"]["to_run"] == 2 - len(r["before"]) and r["summary"]["errors"] == 0
     for name in r["before"]:  # finished before the kill: not one file touched by the resumed sweep
         now = [(p.name, p.stat().st_mtime_ns) for p in sorted((out / "runs" / name).iterdir())]
         assert now == r["stamps"][name]
@@ -91,9 +91,9 @@ def test_trial_run_directory_equals_train(killed_and_resumed, tmp_path):
 
     from hybridrl.loops.train import train
 
-    out, name = killed_and_resumed["out"], "bc-pend-v0-s2"
+    out, name = killed_and_resumed["out"], "bc-pend-v0-s1"  # the trial the killed driver left unfinished
     torch.set_num_threads(1)
-    train("bc", tmp_path / "direct", 200, dataset=killed_and_resumed["ds"], seed=2, overrides=["batch_size=32"],
+    train("bc", tmp_path / "direct", 200, dataset=killed_and_resumed["ds"], seed=1, overrides=["batch_size=32"],
           eval_episodes=1, progress=False)
     trial = out / "runs" / name
     assert (trial / "metrics.csv").read_text() == (tmp_path / "direct" / "metrics.csv").read_text()

@@ -5,15 +5,18 @@ Layout of ``--out``::
     sweep.yaml        the sweep file as run (``--resume`` refuses a different one)
     sweep.json        every trial's arguments and status (pending / done / stopped / error), node and timings
     runs/<trial>/     the run directory ``hybridrl train`` writes for the same arguments (same ``metrics.csv``)
+    logs/<trial>.log  that ``hybridrl train`` process's output
     tune/tune-<k>/    Ray Tune's own state for the k-th invocation (its checkpoints for PBT)
     report.md, report.html, plots/   the aggregate report (:mod:`hybridrl.scale.report`)
 
-A trial calls :func:`hybridrl.loops.train.train` in a thread of its Tune actor and reports each new ``metrics.csv`` row
-to Tune (``step`` is the schedulers' time axis), so ASHA can stop it early. PBT gets the run's own checkpoints
-(``checkpoints/step_<N>/`` with ``config.yaml`` and ``metrics.csv``); an exploiting trial copies the donor's checkpoint
-into its run directory, records its mutated config in ``config.yaml`` and continues with ``train(resume=True)``.
-A trial restarted after a failure (node lost, driver killed) resumes from its run directory's latest checkpoint;
-a finished run directory (``report.md`` written) is never run again. Ray is imported only inside these functions.
+A trial runs ``hybridrl train`` (with the trial's arguments) as a child process of its Tune actor, its output in
+``logs/<trial>.log``, and reports each new ``metrics.csv`` row to Tune (``step`` is the schedulers' time axis), so ASHA
+can stop it early (the child gets SIGTERM, writes a checkpoint and exits; it dies with the actor if Ray kills it). PBT
+gets the run's own checkpoints (``checkpoints/step_<N>/`` with ``config.yaml`` and ``metrics.csv``); an exploiting trial
+copies the donor's checkpoint into its run directory, records its mutated config in ``config.yaml`` and continues with
+``train(resume=True)``. A trial restarted after a failure (node lost, driver killed) resumes from its run directory's
+latest checkpoint; a finished run directory (``report.md`` written) is never run again. Ray is imported only inside
+these functions.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -97,20 +101,17 @@ def _snapshot(run_dir: Path, step_dir: Path) -> Path:
 
 
 def trial_main(config: dict[str, Any]) -> None:
-    """Tune's function trainable: one ``train`` call into ``<out>/runs/<name>``, reporting its metrics rows.
+    """Tune's function trainable: one ``hybridrl train`` run into ``<out>/runs/<name>``, reporting its metrics rows.
 
     ``config["trial"]`` is a :meth:`TrialSpec.to_dict` plus ``runs_dir``; other top-level keys are PBT's mutated
     config fields (added to the overrides).
     """
     import ray
-    import torch
     from ray import tune
 
-    from hybridrl.loops.train import train
     from hybridrl.runs import list_checkpoints
 
     t0 = time.monotonic()
-    torch.set_num_threads(1)  # as the CLI's default --threads 1: the same numbers as `hybridrl train`
     d = dict(config["trial"])
     run_dir = Path(d.pop("runs_dir")) / d["name"]
     pbt = bool(d.pop("report_checkpoints", False))
@@ -122,6 +123,7 @@ def trial_main(config: dict[str, Any]) -> None:
     if trial_done(run_dir):  # finished before (resumed sweep): report its result, run nothing
         tune.report({**base, **_final(run_dir), "train_s": 0.0, "trial_s": time.monotonic() - t0, "skipped": 1})
         return
+    _wait_unlocked(run_dir)  # a trial paused by PBT: its previous `train` process may still be stopping
     resume = False
     ckpt = tune.get_checkpoint()
     if ckpt is not None:  # PBT exploit, or Tune restoring this trial: the project checkpoint inside it
@@ -132,24 +134,38 @@ def trial_main(config: dict[str, Any]) -> None:
         resume = True  # restarted after a failure: continue the run directory
     elif run_dir.is_dir():
         shutil.rmtree(run_dir)  # left without a checkpoint by a killed trial: nothing to keep, start again
-    box: dict[str, Any] = {}
+    log = run_dir.parent.parent / "logs" / f"{spec.name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    t_train = time.monotonic()
+    with open(log, "ab") as log_file:
+        child = subprocess.Popen(_train_command(spec, run_dir, overrides, resume), stdout=log_file, stderr=log_file,
+                                 stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+    try:
+        _report_rows(child, run_dir, spec, pbt, resume, base)
+    finally:
+        _stop(child)
+    train_s = time.monotonic() - t_train
+    if child.returncode != 0:
+        tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+        raise RuntimeError(f"trial {spec.name}: `hybridrl train` exited with status {child.returncode}; log {log}:\n"
+                           f"{tail}")
+    last = _last_row(run_dir)
+    tune.report({**base, **last, **_final(run_dir), "train_s": train_s, "trial_s": time.monotonic() - t0,
+                 "skipped": 0})
 
-    def work() -> None:
-        t = time.monotonic()
-        try:
-            train(spec.algo, run_dir, spec.steps, env_id=spec.env_id, dataset=spec.dataset, seed=spec.seed,
-                  overrides=None if resume else overrides, resume=resume, checkpoint_every=spec.checkpoint_every,
-                  eval_episodes=spec.eval_episodes, progress=False)
-        except BaseException as e:  # re-raised in the trial's thread below
-            box["error"] = e
-        box["train_s"] = time.monotonic() - t
 
-    thread = threading.Thread(target=work, name=f"train-{spec.name}", daemon=True)
-    thread.start()
+def _report_rows(child: subprocess.Popen, run_dir: Path, spec: TrialSpec, pbt: bool, resume: bool,
+                 base: dict[str, Any]) -> None:
+    """Report each new ``metrics.csv`` row of the running ``train`` to Tune (with the checkpoint of its step, for
+    PBT) until the process ends."""
+    from ray import tune
+
+    from hybridrl.runs import list_checkpoints
+
     seen, done_step, last, pending = 0, _start_step(run_dir) if resume else -1, {}, []
     every = spec.checkpoint_every
     while True:
-        alive = thread.is_alive()
+        alive = child.poll() is None
         rows, seen = _rows(run_dir / "metrics.csv", seen)
         pending += [r for r in rows if int(r["step"]) > done_step]
         while pending:
@@ -173,11 +189,63 @@ def trial_main(config: dict[str, Any]) -> None:
         if not alive and not pending:
             break
         time.sleep(POLL_S)
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    tune.report({**base, **last, **_final(run_dir), "train_s": box.get("train_s", 0.0),
-                 "trial_s": time.monotonic() - t0, "skipped": 0})
+
+
+def _train_command(spec: TrialSpec, run_dir: Path, overrides: list[str], resume: bool) -> list[str]:
+    """The ``hybridrl train`` command line of a trial (``--resume`` continues the run with its saved config)."""
+    cmd = [sys.executable, "-m", "hybridrl.cli", "train", spec.algo, "--out", str(run_dir), "--steps",
+           str(spec.steps), "--eval-episodes", str(spec.eval_episodes)]
+    if spec.checkpoint_every:
+        cmd += ["--checkpoint-every", str(spec.checkpoint_every)]
+    if resume:
+        return cmd + ["--resume"]
+    cmd += ["--seed", str(spec.seed)] + (["--env", spec.env_id] if spec.env_id else [])
+    cmd += ["--dataset", spec.dataset] if spec.dataset else []
+    return cmd + [a for o in overrides for a in ("--set", o)]
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGKILL when the trial's process dies (Ray kills stopped trial actors)."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _stop(child: subprocess.Popen) -> None:
+    """End a trial's ``train`` process that is still running (the trial was stopped by the scheduler): SIGTERM lets
+    it write a checkpoint and exit; SIGKILL after 30 s."""
+    if child.poll() is None:
+        child.terminate()
+        try:
+            child.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+def _wait_unlocked(run_dir: Path, timeout_s: float = 60.0) -> None:
+    import fcntl
+
+    lock = run_dir / ".lock"
+    t = time.monotonic()
+    while lock.exists() and time.monotonic() - t < timeout_s:
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError:
+            time.sleep(0.5)
+        finally:
+            os.close(fd)
+
+
+def _last_row(run_dir: Path) -> dict[str, float]:
+    rows, _ = _rows(run_dir / "metrics.csv", 0)
+    last: dict[str, float] = {}
+    for r in rows:
+        last.update(r)
+    return last
 
 
 def _final(run_dir: Path) -> dict[str, float]:
