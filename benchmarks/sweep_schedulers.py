@@ -34,12 +34,15 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--steps", type=int, default=6144)
     ap.add_argument("--num-cpus", type=int, default=2)
+    ap.add_argument("--only", choices=["asha", "pbt"], default=None)
     args = ap.parse_args()
     from hybridrl.scale.sweep import run_sweep
 
     args.out.mkdir(parents=True, exist_ok=False)
     result = {}
     for name, text in (("asha", ASHA), ("pbt", PBT)):
+        if args.only not in (None, name):
+            continue
         path = args.out / f"{name}.yaml"
         path.write_text(text.format(steps=args.steps))
         summary = run_sweep(path, args.out / name, num_cpus=args.num_cpus)

@@ -62,17 +62,19 @@ def _rows(csv_path: Path, seen: int) -> tuple[list[dict[str, float]], int]:
 
 
 def _restore_from(ckpt_dir: Path, run_dir: Path, spec: TrialSpec, overrides: list[str]) -> None:
-    """Put a reported project checkpoint (``step_<N>/``, ``config.yaml``, ``metrics.csv``) into ``run_dir`` so that
-    ``train(resume=True)`` continues from it, with ``overrides`` (PBT's mutated values) in the saved config."""
+    """Put a reported project checkpoint (``checkpoint/`` = ``step_<N>/``, ``step``, ``config.yaml``, ``metrics.csv``)
+    into ``run_dir`` so that ``train(resume=True)`` continues from it, with ``overrides`` (PBT's mutated values) in
+    the saved config."""
     from hybridrl.loops.train import build_config
     from hybridrl.runs import dataclass_to_dict, load_config, save_config
 
-    steps = [p for p in ckpt_dir.iterdir() if p.is_dir() and p.name.startswith("step_")]
-    if len(steps) != 1:
-        raise ConfigError(f"Tune checkpoint {ckpt_dir} holds {len(steps)} step_<N>/ directories; expected 1")
+    src, step_file = ckpt_dir / "checkpoint", ckpt_dir / "step"
+    if not src.is_dir() or not step_file.is_file():
+        raise ConfigError(f"Tune checkpoint {ckpt_dir} is not a hybridrl sweep checkpoint (no checkpoint/ and step)")
+    step = int(step_file.read_text().strip())
     run_dir.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-    shutil.copytree(steps[0], run_dir / "checkpoints" / steps[0].name)
+    shutil.copytree(src, run_dir / "checkpoints" / f"step_{step}")
     shutil.copy2(ckpt_dir / "metrics.csv", run_dir / "metrics.csv")
     record = load_config(ckpt_dir / "config.yaml")
     record["config"] = dataclass_to_dict(build_config(spec.algo, None, overrides))
@@ -92,9 +94,13 @@ def _start_step(run_dir: Path) -> int:
 
 
 def _snapshot(run_dir: Path, step_dir: Path) -> Path:
-    """A Tune checkpoint directory holding a copy of the run's checkpoint ``step_dir`` plus its config and metrics."""
+    """A Tune checkpoint directory holding a copy of the run's checkpoint ``step_dir`` (as ``checkpoint/``, its step in
+    ``step``) plus the run's config and metrics."""
     tmp = Path(tempfile.mkdtemp(prefix="hybridrl-ckpt-"))
-    shutil.copytree(step_dir, tmp / step_dir.name)
+    # fixed names: Tune may copy a later checkpoint into the same folder after a restore, and then every file is
+    # replaced by the later one's
+    shutil.copytree(step_dir, tmp / "checkpoint")
+    (tmp / "step").write_text(step_dir.name.removeprefix("step_") + "\n")
     for name in ("config.yaml", "metrics.csv"):
         shutil.copy2(run_dir / name, tmp / name)
     return tmp
