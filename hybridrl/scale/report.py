@@ -307,6 +307,11 @@ def build_report(out: str | Path, seed: int = 0, reps: int = REPS) -> dict[str, 
         poi = {(a, b): probability_of_improvement(mats[a], mats[b], seed=seed, reps=reps)
                for i, a in enumerate(names) for b in names[i + 1:]}
         result["poi"] = poi
+        flat = [f"P({a} > {b}) = {p:.2f}" for (a, b), (p, lo, hi) in poi.items() if lo == hi]
+        if flat:
+            notes.append("zero-width probability-of-improvement intervals (" + "; ".join(flat) + "): the two "
+                         "configurations' runs do not overlap on any task, so no resample can change the value; "
+                         "the interval does not mean certainty beyond these runs")
         if poi:
             result["plots"]["poi"] = _plot_poi(poi, plots_dir / "probability_of_improvement.png")
     else:
