@@ -119,8 +119,12 @@ def trial_main(config: dict[str, Any]) -> None:
 
     t0 = time.monotonic()
     d = dict(config["trial"])
-    run_dir = Path(d.pop("runs_dir")) / d["name"]
+    runs_dir = Path(d.pop("runs_dir"))
     pbt = bool(d.pop("report_checkpoints", False))
+    name = tune.get_context().get_trial_name() or d["name"]
+    if name != d["name"]:  # PBT's exploit copied the donor's whole config: this trial's own spec is in sweep.json
+        d = dict(json.loads((runs_dir.parent / "sweep.json").read_text())["trials"][name]["spec"])
+    run_dir = runs_dir / name
     spec = TrialSpec.from_dict(d)
     mutated = [f"{k}={v}" for k, v in sorted(config.items()) if k != "trial"]
     overrides = [*spec.overrides, *mutated]
@@ -316,7 +320,7 @@ def _callback(out: Path, state: dict[str, Any]):
         callbacks from the driver's one control thread)."""
 
         def _set(self, trial, status: str) -> None:
-            name = trial.config["trial"]["name"]
+            name = str(trial)  # the trial's own name (trial_name_creator); PBT may have copied another's config
             res = trial.last_result or {}
             entry = state["trials"][name]
             if status == "terminated":
