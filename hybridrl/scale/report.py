@@ -256,7 +256,7 @@ def _plot_poi(poi: dict[tuple[str, str], tuple], path: Path) -> Path:
         ax.plot([p], [i], "|", ms=14, color="k")
     ax.axvline(0.5, color="grey", ls="--", lw=1)
     ax.set_yticks(range(len(pairs)), [f"P({x} > {y})" for x, y in pairs])
-    ax.set_xlim(0, 1)
+    ax.set_xlim(-0.03, 1.03)
     ax.set_xlabel("probability of improvement")
     ax.grid(axis="x", alpha=0.3)
     return _png(fig, path)
