@@ -370,6 +370,44 @@ def datasets_make_cmd(
                         f"{info['return_mean']:.1f}" + (f", normalised {score:.1f})" if score is not None else ")"))
 
 
+@app.command("sweep")
+def sweep_cmd(
+    sweep_file: Path = typer.Argument(..., help="Sweep YAML: algorithms, datasets/envs, grid, seeds (docs/sweep.md)."),
+    out: Path = typer.Option(..., "--out", help="Sweep directory (runs/<trial>/, sweep.json, report.md/html)."),
+    address: str | None = typer.Option(None, "--address", help="Ray cluster: 'auto' or HOST:PORT (default: a local "
+                                                               "runtime on 127.0.0.1)."),
+    scheduler: str | None = typer.Option(None, "--scheduler", help="none, asha or pbt (default: the file's)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue --out: finished trials are not rerun."),
+    num_cpus: int | None = typer.Option(None, "--num-cpus", min=1, help="CPUs of the local runtime (default: all)."),
+    report_only: bool = typer.Option(False, "--report-only", help="Only regenerate report.md/report.html of --out."),
+    json_out: bool = typer.Option(False, "--json", help="Print the sweep summary as JSON on stdout."),
+) -> None:
+    """Run a grid of `train` runs (algorithms x datasets x config values x seeds) with Ray Tune; each trial is an
+    ordinary run directory. Then write the aggregate report (IQM, bootstrap intervals, performance profiles)."""
+    if report_only:
+        return sweep_report_cmd(out)
+    from hybridrl.scale.sweep import run_sweep
+
+    summary = run_sweep(sweep_file, out, address=address, scheduler=scheduler, resume=resume, num_cpus=num_cpus)
+    if json_out:
+        _emit_json(summary)
+        return
+    _stdout().print(f"sweep {out}: {summary['done']} done, {summary['stopped']} stopped early, {summary['error']} "
+                    f"errors, {summary['pending']} not run; wall {summary['wall_s']:.0f} s"
+                    + (f"; report {out / 'report.md'}" if (out / "report.md").exists() else ""))
+
+
+@app.command("sweep-report")
+def sweep_report_cmd(
+    directory: Path = typer.Argument(..., help="A sweep directory written by `hybridrl sweep`."),
+) -> None:
+    """(Re)write report.md and report.html of a sweep from its finished run directories (no Ray needed)."""
+    from hybridrl.scale.report import write_sweep_report
+
+    md, page = write_sweep_report(directory)
+    _stdout().print(f"wrote {md} and {page}")
+
+
 def _on_signal(signum, frame) -> None:
     _state["signal"] = signum
     raise KeyboardInterrupt
