@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -201,6 +202,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     info = machine(args.threads)
+    try:  # which code was measured
+        info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                        cwd=Path(__file__).resolve().parent).stdout.strip()
+    except OSError:
+        pass
     results: dict = {"machine": info, "args": vars(args), "tokens": "completion tokens (EOS included, no padding)"}
 
     with tempfile.TemporaryDirectory() as d:

@@ -96,6 +96,23 @@ def test_logprobs_with_logits_to_keep_equal_the_full_logits(policy):
     assert torch.allclose(got, expected.squeeze(-1) * b.completion_mask, atol=1e-6)
 
 
+def test_sampling_runs_one_forward_pass_per_completion_position(policy):
+    """Prefill + one decode per further token: C forward passes for C completion columns (the last sampled token
+    needs no forward pass; before this was fixed, truncated batches paid one more)."""
+    from hybridrl.text.tasks import AdditionTask, encode_prompts
+
+    calls = []
+    handle = policy.model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        p_ids, p_mask = encode_prompts(policy.tokenizer, [AdditionTask.prompt(a, 7) for a in range(12)])
+        for n in (1, 3, 6):
+            calls.clear()
+            c_ids, _, _ = policy.sample(p_ids, p_mask, n, 1.0, generator=torch.Generator().manual_seed(n))
+            assert len(calls) == c_ids.shape[1] <= n
+    finally:
+        handle.remove()
+
+
 def test_lora_reference_is_the_base_model(model_dir):
     from hybridrl.text.policy import CausalLMPolicy
 

@@ -214,7 +214,7 @@ class CausalLMPolicy:
         finished = torch.zeros(b, dtype=torch.bool, device=self.device)
         toks, lps, masks = [], [], []
         t_eff = temperature if temperature > 0 else 1.0
-        for _ in range(max_new_tokens):
+        for step in range(max_new_tokens):
             logp_all = torch.log_softmax(logits / t_eff, -1)
             if temperature <= 0:
                 tok = logits.argmax(-1)
@@ -230,7 +230,7 @@ class CausalLMPolicy:
             lps.append(logp_all.gather(-1, tok[:, None]).squeeze(-1))
             masks.append(~finished)
             finished = finished | (tok == self.eos_id)
-            if bool(finished.all()):
+            if step == max_new_tokens - 1 or bool(finished.all()):  # no forward pass whose logits go unused
                 break
             attn = torch.cat([attn, torch.ones_like(attn[:, :1])], 1)
             pos = pos[:, -1:] + 1
