@@ -273,7 +273,8 @@ def main() -> None:
             results["full"] = summarise(alternate(args.reps, args.warmup, {"hybridrl": b.hybridrl_full_step}))
         else:
             del trainer._prepare_inputs
-            trainer.optimizer = None  # train() builds its own optimiser and scheduler
+            trainer.optimizer = None  # train() builds its own optimiser and scheduler ...
+            b.learner.optimizer.state.clear()  # ... so hybridrl's AdamW restarts too (no momentum carried over)
             results["full"] = summarise(_full_trl(trainer, counted, b, args.warmup))
     results["ratios"] = {k: results[k]["trl"]["median_s"] / results[k]["hybridrl"]["median_s"]
                          for k in ("generation", "update", "full") if "trl" in results[k]}
