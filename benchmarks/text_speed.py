@@ -100,7 +100,9 @@ class Bench:
         batch = rollout(self.policy, self.task, self.problems(), self.args.group, 1.0, self.gen)
         # random weights get every reward -1 (zero advantages); one +1 per group keeps the gradient non-trivial
         reward = torch.tensor([1.0] + [-1.0] * (self.args.group - 1)).repeat(self.args.prompts)
-        return batch.replace(reward=reward)
+        # no behaviour log-probs: mu = the current policy (detached) on every reuse, as TRL with num_iterations=1, so
+        # both arms compute the same loss and gradient on every repetition
+        return batch.replace(reward=reward, behavior_logp=None)
 
     def hybridrl_full_step(self) -> tuple[float, int]:
         from hybridrl.text.tasks import rollout
@@ -267,7 +269,13 @@ def main() -> None:
         print("timing generation ...", flush=True)
         results["generation"] = summarise(alternate(args.reps, args.warmup, gen_arms))
         print("timing update-only ...", flush=True)
+        w0 = {k: v.detach().clone() for k, v in b.policy.model.named_parameters()}
         results["update"] = summarise(alternate(args.reps, args.warmup, upd_arms))
+        if trainer is not None:  # both arms did the same updates from the same weights: how far apart did they end?
+            h = dict(b.policy.model.named_parameters())
+            diff = max(float((p - h[k]).abs().max()) for k, p in trainer.model.named_parameters())
+            moved = max(float((p - w0[k]).abs().max()) for k, p in h.items())
+            results["update"]["max_abs_weight_difference"] = {"hybridrl_vs_trl": diff, "hybridrl_vs_start": moved}
         print("timing full steps ...", flush=True)
         if trainer is None:
             results["full"] = summarise(alternate(args.reps, args.warmup, {"hybridrl": b.hybridrl_full_step}))
