@@ -275,7 +275,7 @@ def main() -> None:
             h = dict(b.policy.model.named_parameters())
             diff = max(float((p - h[k]).abs().max()) for k, p in trainer.model.named_parameters())
             moved = max(float((p - w0[k]).abs().max()) for k, p in h.items())
-            results["update"]["max_abs_weight_difference"] = {"hybridrl_vs_trl": diff, "hybridrl_vs_start": moved}
+            results["update_max_abs_weight_difference"] = {"hybridrl_vs_trl": diff, "hybridrl_vs_start": moved}
         print("timing full steps ...", flush=True)
         if trainer is None:
             results["full"] = summarise(alternate(args.reps, args.warmup, {"hybridrl": b.hybridrl_full_step}))
