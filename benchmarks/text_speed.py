@@ -283,6 +283,12 @@ def main() -> None:
             del trainer._prepare_inputs
             trainer.optimizer = None  # train() builds its own optimiser and scheduler ...
             b.learner.optimizer.state.clear()  # ... so hybridrl's AdamW restarts too (no momentum carried over)
+            # both start the full steps from the start weights: the update phase taught both models the short +1
+            # completions of the fixed batch, after which completion lengths drift differently in each arm
+            with torch.no_grad():
+                for model in (b.policy.model, trainer.model):
+                    for k, p in model.named_parameters():
+                        p.copy_(w0[k])
             results["full"] = summarise(_full_trl(trainer, counted, b, args.warmup))
     results["ratios"] = {k: results[k]["trl"]["median_s"] / results[k]["hybridrl"]["median_s"]
                          for k in ("generation", "update", "full") if "trl" in results[k]}
