@@ -1,7 +1,7 @@
 """Issue 11 "Speed": tokens/s of the tiny text model, and hybridrl's GRPO step against TRL's ``GRPOTrainer``, in one
 run with the two implementations alternated (so machine load hits both alike). Not a test; from the repository root:
 
-    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/text_speed.py --reps 7
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/text_speed.py --reps 11 --warmup 2
 
 The model is the one ``hybridrl text demo`` builds (:func:`hybridrl.text.tiny.build_tiny_model`: a 2-layer
 Llama-architecture character LM, hidden 64, written to a temporary directory; random weights — no download, no SFT:
@@ -17,7 +17,9 @@ Measurements (both arms on their own copy of the same weights, one torch thread)
 1. ``generation``: hybridrl ``CausalLMPolicy.sample`` (own KV-cached loop, returns behaviour log-probs) vs
    ``model.generate(do_sample=True, top_k=0, top_p=1)`` — the generation path ``GRPOTrainer`` uses without vLLM.
 2. ``update``: update-only on identical pre-generated completions (one batch sampled once by hybridrl; rewards set
-   to one +1 and G−1 −1 per group, since random weights answer nothing right and would give zero advantages). hybridrl:
+   to one +1 and G−1 −1 per group, since random weights answer nothing right and would give zero advantages; no
+   behaviour log-probs, so μ = the current policy on both sides; the final weights of the two arms are compared and
+   recorded as a check that both computed the same update). hybridrl:
    ``TextPGLearner.update`` (forward, GRPO loss, backward, grad-norm clip 1.0, AdamW step). TRL:
    ``GRPOTrainer.training_step`` with ``_prepare_inputs`` bypassed (so it does not generate) + the trainer's grad
    clip, ``optimizer.step()``, ``zero_grad()`` — what ``Trainer`` does per step after the batch exists.
@@ -25,6 +27,7 @@ Measurements (both arms on their own copy of the same weights, one torch thread)
    :func:`hybridrl.text.loops.fit` without evaluation. TRL: ``GRPOTrainer.train()`` timed from ``on_step_begin`` to
    ``on_step_end`` (generation, reward, advantages, loss, backward, clip, optimiser and scheduler step; not the data
    loader or logging); the hybridrl step runs inside ``on_step_end`` after TRL's time is taken (fixed order here).
+   Both arms start this phase from the start weights with fresh AdamW states.
 
 Matched settings: GRPO, ε = 0.2 both sides, β = 0 (no reference model), TRL ``loss_type="grpo"`` = hybridrl's
 ``seq-mean-token-mean``, one update per generation (TRL ``num_iterations=1``), AdamW lr 3e-4 (the demo's), weight decay
