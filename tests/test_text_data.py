@@ -79,6 +79,40 @@ def test_sampled_behaviour_logp_equals_a_fresh_forward_pass(policy, temperature)
     assert bool((fresh[~b.completion_mask] == 0).all())
 
 
+def test_logprobs_with_logits_to_keep_equal_the_full_logits(policy):
+    """``logprobs`` asks the model for the last C + 1 positions only; an independent full-sequence forward, sliced at
+    P − 1 … P + C − 2 and log-softmaxed by hand, must give the same values."""
+    from hybridrl.text.policy import _keep, position_ids
+
+    assert _keep(policy.model, 5) == {"logits_to_keep": 5}  # the tiny Llama takes it: the fast path is the one tested
+    b = _rollout(policy)
+    ids = torch.cat([b.prompt_ids, b.completion_ids], 1)
+    mask = torch.cat([b.prompt_mask, b.completion_mask], 1)
+    p, c = b.prompt_ids.shape[1], b.completion_ids.shape[1]
+    with torch.no_grad():
+        full = policy.model(input_ids=ids, attention_mask=mask.long(), position_ids=position_ids(mask)).logits
+        expected = torch.log_softmax(full[:, p - 1: p - 1 + c] / 0.7, -1).gather(-1, b.completion_ids[..., None])
+        got = policy.logprobs(b.prompt_ids, b.prompt_mask, b.completion_ids, b.completion_mask, 0.7)
+    assert torch.allclose(got, expected.squeeze(-1) * b.completion_mask, atol=1e-6)
+
+
+def test_sampling_runs_one_forward_pass_per_completion_position(policy):
+    """Prefill + one decode per further token: C forward passes for C completion columns (the last sampled token
+    needs no forward pass; before this was fixed, truncated batches paid one more)."""
+    from hybridrl.text.tasks import AdditionTask, encode_prompts
+
+    calls = []
+    handle = policy.model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        p_ids, p_mask = encode_prompts(policy.tokenizer, [AdditionTask.prompt(a, 7) for a in range(12)])
+        for n in (1, 3, 6):
+            calls.clear()
+            c_ids, _, _ = policy.sample(p_ids, p_mask, n, 1.0, generator=torch.Generator().manual_seed(n))
+            assert len(calls) == c_ids.shape[1] <= n
+    finally:
+        handle.remove()
+
+
 def test_lora_reference_is_the_base_model(model_dir):
     from hybridrl.text.policy import CausalLMPolicy
 

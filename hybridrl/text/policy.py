@@ -8,6 +8,7 @@ Weights load from a local directory, safetensors only (``local_files_only``: not
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import os
@@ -54,6 +55,19 @@ def _cache(out):
 def _cache_kw(model) -> str:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def _keep(model, n: int) -> dict:
+    """``{"logits_to_keep": n}`` when the model's forward takes it (transformers causal LMs since 4.50), else ``{}``:
+    only the last ``n`` positions get logits, so the prompt's ``[B, P, vocab]`` logits are never built (with a 150k
+    vocabulary they dominate memory and time)."""
+    return {"logits_to_keep": n} if _takes_logits_to_keep(type(model.get_base_model() if hasattr(
+        model, "get_base_model") else model)) else {}
+
+
+@functools.cache
+def _takes_logits_to_keep(cls) -> bool:
+    return "logits_to_keep" in inspect.signature(cls.forward).parameters
 
 
 def position_ids(mask: Tensor) -> Tensor:
@@ -149,9 +163,11 @@ class CausalLMPolicy:
     def _forward_logp(self, model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature) -> Tensor:
         ids = torch.cat([prompt_ids, completion_ids], 1).to(self.device)
         mask = torch.cat([prompt_mask, completion_mask], 1).to(self.device)
-        logits = model(input_ids=ids, attention_mask=mask.long(), position_ids=position_ids(mask)).logits
-        p, c = prompt_ids.shape[1], completion_ids.shape[1]
-        logits = logits[:, p - 1: p - 1 + c].float() / temperature
+        c = completion_ids.shape[1]
+        logits = model(input_ids=ids, attention_mask=mask.long(), position_ids=position_ids(mask),
+                       **_keep(model, c + 1)).logits
+        n = logits.shape[1]  # P + C, or C + 1 with logits_to_keep: positions P−1 … P+C−2 predict the completion
+        logits = logits[:, n - c - 1: n - 1].float() / temperature
         target = completion_ids.to(self.device)
         lp = logits.gather(-1, target[..., None]).squeeze(-1) - torch.logsumexp(logits, -1)
         return lp * completion_mask.to(self.device)
@@ -192,12 +208,13 @@ class CausalLMPolicy:
         b = prompt_ids.shape[0]
         attn = prompt_mask.long()
         pos = position_ids(prompt_mask)
-        out = self.model(input_ids=prompt_ids, attention_mask=attn, position_ids=pos, use_cache=True)
+        out = self.model(input_ids=prompt_ids, attention_mask=attn, position_ids=pos, use_cache=True,
+                         **_keep(self.model, 1))
         past, logits = _cache(out), out.logits[:, -1].float()
         finished = torch.zeros(b, dtype=torch.bool, device=self.device)
         toks, lps, masks = [], [], []
         t_eff = temperature if temperature > 0 else 1.0
-        for _ in range(max_new_tokens):
+        for step in range(max_new_tokens):
             logp_all = torch.log_softmax(logits / t_eff, -1)
             if temperature <= 0:
                 tok = logits.argmax(-1)
@@ -213,7 +230,7 @@ class CausalLMPolicy:
             lps.append(logp_all.gather(-1, tok[:, None]).squeeze(-1))
             masks.append(~finished)
             finished = finished | (tok == self.eos_id)
-            if bool(finished.all()):
+            if step == max_new_tokens - 1 or bool(finished.all()):  # no forward pass whose logits go unused
                 break
             attn = torch.cat([attn, torch.ones_like(attn[:, :1])], 1)
             pos = pos[:, -1:] + 1
