@@ -17,7 +17,7 @@ install: $(BIN)/python
 
 install-dev: $(BIN)/python
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e ".[dev,text]"
+	$(BIN)/pip install -q -e ".[dev,text,ray]"
 
 demo: install
 	$(BIN)/hybridrl demo --out runs/demo --overwrite
