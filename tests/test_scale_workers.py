@@ -52,19 +52,37 @@ def _assert_same(a, b):
 
 
 @pytest.mark.ray
-@pytest.mark.parametrize("env_id", ["Hopper-v5", "CartPole-v1"])
-def test_workers_give_the_single_process_segments(ray_runtime, env_id):
-    one = _segments(env_id)
+def test_workers_give_the_single_process_segments(ray_runtime):
+    """PPO on Hopper-v5 (Gaussian policy, running reward scaling, episode ends inside rollouts)."""
+    one = _segments("Hopper-v5")
     assert any(s["terminated"].any() or s["truncated"].any() for s in one), "no episode ended: weak test"
-    if env_id == "Hopper-v5":
-        _assert_same(one, _segments(env_id, workers=1, envs_per_worker=2))
-    _assert_same(one, _segments(env_id, workers=2, envs_per_worker=1))
+    _assert_same(one, _segments("Hopper-v5", workers=1, envs_per_worker=2))
+    _assert_same(one, _segments("Hopper-v5", workers=2, envs_per_worker=1))
 
 
 @pytest.mark.ray
-def test_props_runs_through_the_workers(ray_runtime):
-    one = _segments("Hopper-v5", algo="props")
-    _assert_same(one, _segments("Hopper-v5", algo="props", workers=2, envs_per_worker=1))
+def test_props_discrete_gives_the_single_process_segments(ray_runtime):
+    """PROPS (acts with its behaviour policy, raw-reward blocks) on CartPole-v1 (categorical policy)."""
+    one = _segments("CartPole-v1", algo="props")
+    assert any(s["terminated"].any() for s in one), "no episode ended: weak test"
+    _assert_same(one, _segments("CartPole-v1", algo="props", workers=2, envs_per_worker=1))
+
+
+@pytest.mark.ray
+def test_train_cli_with_workers(ray_runtime, tmp_path):
+    from typer.testing import CliRunner
+
+    from hybridrl.cli import app
+    from hybridrl.runs import load_config, read_metrics
+
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", "ppo", "--env", "CartPole-v1", "--steps", "64", "--out", str(out),
+                                      "--set", "n_steps=32", "--set", "minibatch_size=32", "--workers", "2",
+                                      "--envs-per-worker", "1", "--eval-episodes", "1"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    record = load_config(out / "config.yaml")
+    assert record["config"]["num_envs"] == 2 and record["scale"]["workers"] == 2
+    assert read_metrics(out / "metrics.csv")["step"][-1] == 64
 
 
 def test_worker_count_must_match_num_envs():

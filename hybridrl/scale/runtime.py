@@ -115,6 +115,8 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, timeout_
     """
     if address is None:
         _safe_local_env()  # before `import ray`: Ray reads it at import
+    else:
+        probe(address, min(timeout_s, PROBE_TIMEOUT_S))
     ray = require_ray()
     if ray.is_initialized():
         return ray
@@ -123,7 +125,6 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, timeout_
     if address is None:
         kwargs.update(num_cpus=num_cpus, _node_ip_address="127.0.0.1")
     else:
-        probe(address, min(timeout_s, PROBE_TIMEOUT_S))
         kwargs["address"] = address
     where = "a local runtime on 127.0.0.1" if address is None else f"the Ray cluster at {address!r}"
     try:
