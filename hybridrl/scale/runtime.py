@@ -99,7 +99,8 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, timeout_
     """Start a local Ray runtime on 127.0.0.1 or connect to a running cluster, at most once per process.
 
     Args:
-        address: None starts a local runtime bound to 127.0.0.1 with no dashboard; ``"auto"`` or ``"HOST:PORT"``
+        address: None starts a new local runtime bound to 127.0.0.1 with no dashboard (even when another Ray
+            instance runs on this machine, which plain ``ray.init()`` would join); ``"auto"`` or ``"HOST:PORT"``
             connects to an existing cluster (``ray start --head`` / ``ray://`` client addresses are passed through).
         num_cpus: CPUs the local runtime offers (None: all of this machine's). Ignored for an existing cluster.
         timeout_s: seconds to wait for the connection before giving up (the TCP probe of a cluster waits
@@ -123,7 +124,9 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, timeout_
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": log_to_driver,
                               "configure_logging": False}
     if address is None:
-        kwargs.update(num_cpus=num_cpus, _node_ip_address="127.0.0.1")
+        # "local": always a new runtime of our own, never a cluster someone else started on this machine (plain
+        # ray.init() would join the one in /tmp/ray/ray_current_cluster)
+        kwargs.update(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1")
     else:
         kwargs["address"] = address
     where = "a local runtime on 127.0.0.1" if address is None else f"the Ray cluster at {address!r}"

@@ -34,6 +34,8 @@ from hybridrl.errors import ConfigError
 
 SAMPLE_TIMEOUT_S = 3600.0
 """Seconds the driver waits for one rollout from its workers before :func:`hybridrl.scale.runtime.get` fails."""
+START_TIMEOUT_S = 300.0
+"""Seconds the driver waits for the workers to start (and reset their envs) before failing."""
 
 
 class _RowsPolicy:
@@ -181,6 +183,9 @@ class RayVecEnv:
         spec = _policy_spec(policy)
         ray = runtime.connect(address, num_cpus=num_cpus or workers)
         self._ray = ray
+        cpus = ray.cluster_resources().get("CPU", 0)
+        if cpus < workers:
+            raise ConfigError(f"--workers {workers}: each rollout worker needs 1 CPU, but the Ray runtime has {cpus:g}")
         actor = ray.remote(num_cpus=1)(RolloutWorker)
         self.workers = []
         for w in range(workers):
@@ -189,11 +194,11 @@ class RayVecEnv:
                                                                 self.num_envs, seed, spec))
         self.last_timing: dict[str, float] = {}
 
-    def _get(self, refs, what: str):
+    def _get(self, refs, what: str, timeout_s: float | None = None):
         from hybridrl.scale import runtime
 
         try:
-            return runtime.get(refs, timeout_s=self.timeout_s, what=what)
+            return runtime.get(refs, timeout_s=timeout_s or self.timeout_s, what=what)
         except self._ray.exceptions.RayError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ConfigError(f"{what} failed: {first}") from exc
@@ -204,7 +209,8 @@ class RayVecEnv:
 
     def reset(self, seed: int) -> tuple[np.ndarray, dict]:
         """Reset env ``i`` with ``seed + i``; returns ``(obs [B, ...], {})``."""
-        obs = self._get([w.reset.remote(seed) for w in self.workers], "rollout workers (reset)")
+        obs = self._get([w.reset.remote(seed) for w in self.workers], "rollout workers (start and reset)",
+                        START_TIMEOUT_S)
         return np.concatenate(obs), {}
 
     def collect_block(self, policy, obs: np.ndarray, n_steps: int, episodes, scaler=None,
