@@ -117,6 +117,9 @@ def train_on_policy(
         raise ConfigError(f"{algo} is on-policy: it needs env_id, config and steps")
     if dataset is not None and offline is None:
         offline = dataset.transitions()
+    if workers is not None and vector != "sync":
+        raise ConfigError("--vector async applies to one process; Ray rollout workers (--workers) step their envs "
+                          "synchronously: drop one of them")
     if workers is not None and workers * envs_per_worker != config.num_envs:
         raise ConfigError(f"--workers {workers} x --envs-per-worker {envs_per_worker} = {workers * envs_per_worker} "
                           f"envs, but config num_envs = {config.num_envs}; make them equal")
