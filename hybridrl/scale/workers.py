@@ -164,6 +164,8 @@ class RayVecEnv:
         policy: the acting policy (its class and kwargs are sent once; weights every rollout).
         address: None starts a local runtime on 127.0.0.1; ``"auto"`` / ``"HOST:PORT"`` joins a cluster.
         num_cpus: CPUs of a local runtime (default ``workers``). timeout_s: per rollout.
+        resources: optional Ray custom resources per worker, e.g. ``[{"node_a": 0.5}, {"node_b": 0.5}]`` to pin
+            workers to nodes that declare them (``ray start --resources``).
     Raises:
         ConfigError: bad counts, Ray missing, an unreachable address, a worker failing or timing out.
     """
