@@ -54,6 +54,17 @@ def run(args: list[str]) -> tuple[float, str]:
     return wall, out.stdout
 
 
+def differences(a: dict, b: dict, path: str = "") -> list[tuple[str, float, float]]:
+    """Numbers that differ between two parsed outputs (NaN equals NaN): ``(path, a, b)``."""
+    if isinstance(a, dict):
+        return [d for k in a for d in differences(a[k], b.get(k) if isinstance(b, dict) else None, f"{path}/{k}")]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in differences(x, y, f"{path}[{i}]")]
+    if a == b or (isinstance(a, float) and isinstance(b, float) and a != a and b != b):
+        return []
+    return [(path, a, b)]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", required=True)
@@ -70,21 +81,25 @@ def main() -> None:
         cands = make_candidates(a.env, a.candidates, Path(tmp))
         base = ["ope", "--dataset", a.dataset, "--estimators", a.estimators, "--fqe-steps", str(a.fqe_steps),
                 "--json", *[x for c in cands for x in ("--policy", str(c))]]
-        seq, par, same = [], [], []
+        seq, par, same, diffs = [], [], [], []
         for _ in range(a.pairs):
             t_seq, r_seq = run(base)
             t_par, r_par = run([*base, "--workers", str(a.workers)])
             seq.append(t_seq)
             par.append(t_par)
             same.append(r_seq == r_par)
+            diffs.append(differences(json.loads(r_seq), json.loads(r_par)))
     speedup = statistics.median(s / q for s, q in zip(seq, par))
     info["load_avg_at_end"] = os.getloadavg()[0]
     save_json({"machine": info, "args": vars(a), "sequential_s": seq, "parallel_s": par, "identical": same,
+               "differences": diffs,
                "speedup_median": speedup}, a.out)
     print(f"{a.candidates} candidates, {a.estimators}, fqe-steps {a.fqe_steps}, {info['cores']} cores, "
           f"load {info['load_avg_at_start']:.1f} -> {info['load_avg_at_end']:.1f}")
     print(f"sequential {statistics.median(seq):.1f} s; --workers {a.workers} {statistics.median(par):.1f} s; "
-          f"speed-up {speedup:.2f}x; identical estimates: {all(same)}")
+          f"speed-up {speedup:.2f}x; identical JSON: {all(same)}")
+    for path, x, y in (d for run_diffs in diffs for d in run_diffs):
+        print(f"differs: {path}: sequential {x!r}, parallel {y!r}")
 
 
 if __name__ == "__main__":
