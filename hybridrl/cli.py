@@ -162,11 +162,23 @@ def train_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run."),
     checkpoint_every: int | None = typer.Option(None, "--checkpoint-every", min=1, help="Steps between checkpoints."),
     eval_episodes: int = typer.Option(10, "--eval-episodes", min=0),
+    vector: str | None = typer.Option(None, "--vector", help="On-policy: 'sync' (default) or 'async' vector envs."),
+    workers: int | None = typer.Option(None, "--workers", min=1,
+                                       help="On-policy: collect with N Ray rollout workers (needs hybridrl[ray])."),
+    envs_per_worker: int = typer.Option(1, "--envs-per-worker", min=1, help="Envs per Ray rollout worker."),
+    address: str | None = typer.Option(None, "--address", help="Ray cluster for --workers: 'auto' or HOST:PORT "
+                                                               "(default: a local runtime on 127.0.0.1)."),
 ) -> None:
     from hybridrl.loops.train import train
 
+    if workers is None and address is not None:
+        raise ConfigError("--address needs --workers N")
+    scale = {"vector": vector} if vector is not None else {}
+    if workers is not None:
+        scale.update(workers=workers, envs_per_worker=envs_per_worker, address=address)
     train(algo, out, steps, env_id=env, dataset=dataset, seed=seed, config_file=config, overrides=set_,
-          resume=resume, overwrite=overwrite, checkpoint_every=checkpoint_every, eval_episodes=eval_episodes)
+          resume=resume, overwrite=overwrite, checkpoint_every=checkpoint_every, eval_episodes=eval_episodes,
+          scale=scale)
 
 
 @app.command("evaluate")
@@ -220,6 +232,10 @@ def ope_cmd(
     true_values: Path | None = typer.Option(None, "--true-values", help="JSON {policy: true value} (e.g. online "
                                                                         "returns) for selection metrics and plots."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing --plot files."),
+    workers: int | None = typer.Option(None, "--workers", min=1, help="Fit the candidates as Ray tasks, N at a time "
+                                                                        "(needs hybridrl[ray]); same results."),
+    address: str | None = typer.Option(None, "--address", help="Ray cluster for --workers: 'auto' or HOST:PORT "
+                                                               "(default: a local runtime on 127.0.0.1)."),
 ) -> None:
     """Estimate candidate policies' values from logged data and select the top-k by the first usable estimator.
 
@@ -231,6 +247,8 @@ def ope_cmd(
     from hybridrl.ope import evaluate_ope, pick_estimator, select
 
     console = _console()
+    if workers is None and address is not None:
+        raise ConfigError("--address needs --workers N")
     ds = Dataset.load(dataset)
     names = [p.name if p.name != "policy" else p.parent.name for p in policy]
     if len(set(names)) != len(names):
@@ -246,7 +264,8 @@ def ope_cmd(
 
     results = evaluate_ope(ds, policies, estimators=ests, gamma=gamma, fqe_steps=fqe_steps, seed=seed,
                            progress=True, ci=ci, clip=clip, min_ess=min_ess, bandwidth=bandwidth,
-                           cvar_alpha=cvar_alpha, weight_config=WeightConfig(steps=weight_steps))
+                           cvar_alpha=cvar_alpha, weight_config=WeightConfig(steps=weight_steps), workers=workers,
+                           address=address)
     by, usable, why = pick_estimator(results, ests[0], ests)
     selection = select({n: results[n][by] for n in names}, k=min(k, len(names)), true_values=truth)
     out = {"estimates": {n: {e: r.to_dict() for e, r in results[n].items()} for n in names},

@@ -124,8 +124,16 @@ def make_env(env_id: str, seed: int | None = None, clip_actions: bool = True, **
     return env
 
 
-def make_vec_env(env_id: str, num_envs: int, seed: int = 0, clip_actions: bool = True) -> gym.vector.SyncVectorEnv:
-    """``num_envs`` copies of :func:`make_env` in a ``SyncVectorEnv`` with same-step autoreset.
+VECTOR_KINDS = ("sync", "async")
+"""``vector`` values of :func:`make_vec_env`: Gymnasium's ``SyncVectorEnv`` or ``AsyncVectorEnv``."""
+
+
+def make_vec_env(env_id: str, num_envs: int, seed: int = 0, clip_actions: bool = True,
+                 vector: str = "sync") -> gym.vector.VectorEnv:
+    """``num_envs`` copies of :func:`make_env` in a ``SyncVectorEnv`` (or ``AsyncVectorEnv``) with same-step autoreset.
+
+    ``vector="async"`` steps each sub-env in its own process (Gymnasium's ``AsyncVectorEnv``, shared memory); the
+    returned arrays, the autoreset and the seeding are the same as with ``"sync"``, so a rollout is identical.
 
     With ``autoreset_mode=AutoresetMode.SAME_STEP`` (Gymnasium >= 1.1, checked on 1.4) a sub-env whose
     episode ends at step t is reset inside that same ``step`` call, so:
@@ -139,8 +147,10 @@ def make_vec_env(env_id: str, num_envs: int, seed: int = 0, clip_actions: bool =
     Sub-env ``i`` is seeded with ``seed + i`` (reset and action space); the vector action space with ``seed``.
 
     Raises:
-        EnvError: unknown id or ``num_envs < 1``.
+        EnvError: unknown id, ``num_envs < 1`` or an unknown ``vector``.
     """
+    if vector not in VECTOR_KINDS:
+        raise EnvError(f"vector={vector!r}; expected one of {VECTOR_KINDS}")
     if num_envs < 1:
         raise EnvError(f"num_envs must be >= 1, got {num_envs}")
     if env_id not in gym.registry:
@@ -149,8 +159,8 @@ def make_vec_env(env_id: str, num_envs: int, seed: int = 0, clip_actions: bool =
     def thunk(i: int):
         return lambda: make_env(env_id, seed=seed + i, clip_actions=clip_actions)
 
-    envs = gym.vector.SyncVectorEnv([thunk(i) for i in range(num_envs)],
-                                    autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    kind = gym.vector.SyncVectorEnv if vector == "sync" else gym.vector.AsyncVectorEnv
+    envs = kind([thunk(i) for i in range(num_envs)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     envs.action_space.seed(seed)
     return envs
 

@@ -28,7 +28,7 @@ import torch
 from hybridrl.algos import get_algo
 from hybridrl.data.batches import Segments, Transitions
 from hybridrl.data.dataset import Dataset
-from hybridrl.envs import RewardScaler, make_vec_env
+from hybridrl.envs import RewardScaler, make_env, make_vec_env
 from hybridrl.errors import ConfigError, PolicyError
 from hybridrl.loops.common import (
     CheckpointTrigger,
@@ -71,6 +71,10 @@ def train_on_policy(
     algo: str = "ppo",
     learner=None,
     reward_scale: float | None = None,
+    vector: str = "sync",
+    workers: int | None = None,
+    envs_per_worker: int = 1,
+    address: str | None = None,
 ):
     """Train an on-policy learner (``algo``, default PPO) on ``env_id`` for ``steps`` environment steps.
 
@@ -96,6 +100,10 @@ def train_on_policy(
             update); None = ``algo``'s registered learner built from ``config`` and ``policy``.
         reward_scale: multiply every reward by this fixed number (fine-tuning: the scale the critic was pre-trained
             with) instead of a running scaler; exclusive with ``config.normalize_reward``.
+        vector: ``"sync"`` (one process) or ``"async"`` (Gymnasium's ``AsyncVectorEnv``, a process per env).
+        workers / envs_per_worker / address: collect with ``workers`` Ray rollout workers of ``envs_per_worker`` envs
+            each (:class:`hybridrl.scale.workers.RayVecEnv`; ``workers * envs_per_worker`` must equal
+            ``config.num_envs``), on a local runtime (``address`` None) or a cluster. None: no Ray.
     Returns:
         the trained learner.
     Raises:
@@ -109,8 +117,19 @@ def train_on_policy(
         raise ConfigError(f"{algo} is on-policy: it needs env_id, config and steps")
     if dataset is not None and offline is None:
         offline = dataset.transitions()
-    envs = make_vec_env(env_id, config.num_envs, seed=seed)
-    obs_space, act_space = envs.single_observation_space, envs.single_action_space
+    if workers is not None and vector != "sync":
+        raise ConfigError("--vector async applies to one process; Ray rollout workers (--workers) step their envs "
+                          "synchronously: drop one of them")
+    if workers is not None and workers * envs_per_worker != config.num_envs:
+        raise ConfigError(f"--workers {workers} x --envs-per-worker {envs_per_worker} = {workers * envs_per_worker} "
+                          f"envs, but config num_envs = {config.num_envs}; make them equal")
+    if workers is None:
+        envs = make_vec_env(env_id, config.num_envs, seed=seed, vector=vector)
+        obs_space, act_space = envs.single_observation_space, envs.single_action_space
+    else:  # the spaces now; the workers once the learner (its acting policy) exists
+        envs = make_env(env_id)
+        obs_space, act_space = envs.observation_space, envs.action_space
+        envs.close()
     if policy is not None and (reason := policy_matches_spaces(policy, obs_space, act_space)):
         raise PolicyError(f"initial policy cannot act in {env_id}: {reason}")
     if reward_scale is not None and config.normalize_reward:
@@ -141,6 +160,13 @@ def train_on_policy(
                                                "aux_losses": [a.state_dict() if hasattr(a, "state_dict") else None
                                                               for a in aux_losses]})
 
+    collect = functools.partial(collect_block, envs)
+    if workers is not None:
+        from hybridrl.scale.workers import RayVecEnv
+
+        envs = RayVecEnv(env_id, workers, envs_per_worker, seed,
+                         getattr(learner, "acting_policy", learner.policy), address=address)
+        collect = envs.collect_block
     modules = learner_modules(learner)
     norm = learner.policy.obs_norm
     update_norm = norm.enabled and not freeze_obs_norm and not getattr(learner, "freeze_obs_stats", False)
@@ -159,7 +185,7 @@ def train_on_policy(
                 raise interrupted(stop, run, step, save)
             learner.set_progress(step / steps)
             actor = getattr(learner, "acting_policy", learner.policy)
-            obs, block = collect_block(envs, actor, obs, block_steps, episodes, scaler, not raw_rewards)
+            obs, block = collect(actor, obs, block_steps, episodes, scaler, not raw_rewards)
             seg = Segments(**{k: torch.from_numpy(v.swapaxes(0, 1)) for k, v in block.items()})
             if raw_rewards and scaler is not None:
                 metrics = update(seg, reward_scale=1.0 / scaler.std, reward_clip=scaler.clip)

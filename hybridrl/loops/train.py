@@ -7,6 +7,7 @@ loop is called with the uniform keywords :data:`LOOP_KEYWORDS`.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 from collections.abc import Callable
@@ -166,6 +167,7 @@ def train(
     checkpoint_every: int | None = None,
     eval_episodes: int = 10,
     progress: bool = True,
+    scale: dict | None = None,
 ) -> RunDir:
     """Train ``algo`` into the run directory ``out`` (the ``hybridrl train`` verb).
 
@@ -176,11 +178,18 @@ def train(
     differ from the saved ones are refused. With ``overwrite`` the old run stays restorable until the new one has
     written its first checkpoint, and is put back if the new one fails before that.
 
+    ``scale`` (on-policy learners only): ``{"vector": "sync"|"async"}`` and/or ``{"workers": N, "envs_per_worker": M,
+    "address": str | None}`` (Ray rollout workers; ``num_envs`` becomes ``N * M``), passed to the loop.
+
     Raises:
         ConfigError, RunExistsError, DatasetError, EnvError, DivergenceError, Interrupted.
     """
     spec = get_algo(algo)
     loop = resolve_loop(spec)
+    scale = {k: v for k, v in (scale or {}).items() if v is not None}
+    if scale and spec.loop != "on_policy":
+        raise ConfigError(f"--vector/--workers/--envs-per-worker/--address need an on-policy learner; {spec.name} "
+                          f"runs in the {spec.loop!r} loop")
     if resume:
         if overwrite:
             raise ConfigError("--overwrite and --resume are mutually exclusive: pass one of them")
@@ -191,14 +200,20 @@ def train(
     else:
         config = build_config(algo, config_file, overrides)
         seed = 0 if seed is None else seed
+    if scale.get("workers") is not None:
+        envs = scale["workers"] * scale.get("envs_per_worker", 1)
+        if resume and config.num_envs != envs:
+            raise ConfigError(f"--resume: {out} was trained with num_envs={config.num_envs}; pass --workers and "
+                              f"--envs-per-worker whose product is {config.num_envs}")
+        config = dataclasses.replace(config, num_envs=envs)
     ds = _load_dataset(dataset) if spec.inputs in INPUTS else dataset  # a custom kind gets the argument as given
     env_id = _check_env(spec, env_id, ds, evaluate=eval_episodes > 0)
     record = run_record(algo=spec.name, env_id=env_id, dataset=_dataset_ref(ds), steps=steps, seed=seed,
-                        config=config)
+                        config=config, **({"scale": scale} if scale else {}))
     run = RunDir.create(out, overwrite=overwrite, resume=resume)
     try:
         learner = loop(config=config, steps=steps, env_id=env_id, dataset=ds, algo=spec.name, run=run, seed=seed,
-                       resume=resume, checkpoint_every=checkpoint_every, progress=progress, record=record)
+                       resume=resume, checkpoint_every=checkpoint_every, progress=progress, record=record, **scale)
         ev = finish_run(run, getattr(learner, "policy", None), env_id, eval_episodes, seed,
                         title=f"{spec.name} on {env_id or _dataset_ref(ds) or 'data'}")
     except BaseException:

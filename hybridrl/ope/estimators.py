@@ -21,6 +21,7 @@ import dataclasses
 import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -338,8 +339,8 @@ def evaluate_ope(dataset: Dataset, policies: dict[str, Policy],
                  n_boot: int = 1000, confidence: float = 0.95, seed: int = 0, progress: bool = False,
                  ci: str = "bootstrap", clip: float | None = None, min_ess: float = core.MIN_ESS,
                  value_range: tuple[float, float] | None = None, weight_config=None,
-                 bandwidth: float = extended.DEFAULT_BANDWIDTH,
-                 cvar_alpha: float = 0.1) -> dict[str, dict[str, OPEResult]]:
+                 bandwidth: float = extended.DEFAULT_BANDWIDTH, cvar_alpha: float = 0.1, workers: int | None = None,
+                 address: str | None = None) -> dict[str, dict[str, OPEResult]]:
     """Estimate the value of each policy with each estimator.
 
     One FQE critic is fitted per policy (when "fqe", "dr" or "sndr" is asked; ``fqe_steps`` is its budget, default
@@ -350,6 +351,8 @@ def evaluate_ope(dataset: Dataset, policies: dict[str, Policy],
     ``behavior_heldout_loglik``). ``ci``, ``clip``, ``min_ess``, ``value_range``, ``weight_config``, ``bandwidth``,
     ``cvar_alpha``: see :func:`estimate_value`; DualDICE/MWL/MQL fits are shared between a policy's estimators.
     With ``progress``, each stage is announced on stderr and FQE shows a progress bar.
+    ``workers``: fit the candidates in parallel as Ray tasks (:func:`hybridrl.scale.ope.evaluate_parallel`, local
+    runtime or ``address``); the results are identical to the sequential ones.
 
     Returns: ``{policy_name: {estimator: OPEResult}}``.
     Raises: ConfigError for an unknown estimator/interval (the message lists the valid ones) or no policies;
@@ -387,12 +390,58 @@ def evaluate_ope(dataset: Dataset, policies: dict[str, Policy],
         model = fit_behavior_model(dataset, steps=behavior_steps, seed=seed)
         blp = model.log_prob
         say(model.describe())
-    out: dict[str, dict[str, OPEResult]] = {}
-    for p_idx, (pname, policy) in enumerate(policies.items()):
+    job = _PolicyJob(tuple(estimators), gamma, fqe_config, fqe_steps, seed, progress, model, n_boot, confidence, ci,
+                     clip, min_ess, value_range, len(policies), weight_config, bandwidth, cvar_alpha)
+    if workers is not None:
+        from hybridrl.scale.ope import evaluate_parallel
+
+        say(f"{len(policies)} candidates as Ray tasks on {workers} workers (the dataset goes to the object store once)")
+        return evaluate_parallel(dataset, policies, job, workers, address)
+    return {pname: job(dataset, p_idx, pname, policy) for p_idx, (pname, policy) in enumerate(policies.items())}
+
+
+@dataclass
+class _PolicyJob:
+    """Every estimator for one candidate policy: FQE fitted once (if asked), then each estimator with its own
+    ``rng = default_rng([seed, p_idx, e_idx])``, so a candidate's results do not depend on which process runs it.
+    The behaviour log-probabilities are the dataset's, or the fitted ``model``'s."""
+
+    estimators: tuple[str, ...]
+    gamma: float
+    fqe_config: FQEConfig | None
+    fqe_steps: int | None
+    seed: int
+    progress: bool
+    model: Any
+    n_boot: int
+    confidence: float
+    ci: str
+    clip: float | None
+    min_ess: float
+    value_range: tuple[float, float] | None
+    n_policies: int
+    weight_config: Any
+    bandwidth: float
+    cvar_alpha: float
+
+    def __call__(self, dataset: Dataset, p_idx: int, pname: str, policy: Policy) -> dict[str, OPEResult]:
+        from hybridrl.runs.progress import console
+
+        estimators, gamma, seed, model, ci = self.estimators, self.gamma, self.seed, self.model, self.ci
+        clip, min_ess, value_range, n_boot, confidence = self.clip, self.min_ess, self.value_range, self.n_boot, \
+            self.confidence
+        progress, policies = self.progress, range(self.n_policies)
+        weight_config, bandwidth, cvar_alpha = self.weight_config, self.bandwidth, self.cvar_alpha
+        blp = dataset.behavior_log_prob if model is None else model.log_prob
+
+        def say(msg: str) -> None:
+            if progress:
+                console.print(f"[dim]ope:[/] {msg}")
+
         fqe = None
         if any(e in _NEEDS_FQE for e in estimators):
             say(f"policy {pname} ({p_idx + 1}/{len(policies)}): fitting FQE")
-            fqe = fit_fqe(dataset, policy, gamma, fqe_config, fqe_steps, seed, progress, name=f"fqe {pname}")
+            fqe = fit_fqe(dataset, policy, gamma, self.fqe_config, self.fqe_steps, seed, progress, name=f"fqe {pname}")
         say(f"policy {pname} ({p_idx + 1}/{len(policies)}): " + ", ".join(estimators) + f" with {ci} intervals")
         behavior_diag = {}
         if model is not None:
@@ -417,5 +466,4 @@ def evaluate_ope(dataset: Dataset, policies: dict[str, Policy],
             res[name] = r
             if r.degenerate:
                 say(f"policy {pname}: {name} is degenerate: " + "; ".join(r.degenerate_reasons))
-        out[pname] = res
-    return out
+        return res

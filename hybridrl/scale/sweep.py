@@ -396,14 +396,6 @@ def run_sweep(sweep_file: str | Path, out: str | Path, address: str | None = Non
         os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no CSV/JSON/TensorBoard copies
         os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-        if address is None or address.split(":")[0] in ("127.0.0.1", "localhost"):
-            # Workaround: Ray reads this when it is first imported, and replaces a loopback address by the machine's
-            # own IP unless it is 0; set it before anything imports Ray (runtime.connect sets it after the import).
-            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        if address is None:
-            # Workaround: with no address, ray.init joins a cluster recorded in /tmp/ray/ray_current_cluster (any
-            # other Ray user's on this machine) instead of starting our own; "local" forces a new local runtime.
-            os.environ["RAY_ADDRESS"] = "local"
         ray = runtime.connect(address, num_cpus=num_cpus, timeout_s=timeout_s)
         from ray import tune
 
