@@ -39,9 +39,16 @@ def work(tmp_path_factory):
 
 
 def test_help_on_every_verb():
-    for verb in ("collect", "inspect", "train", "evaluate", "ope", "pipeline", "demo"):
-        out = cli(verb, "--help").stdout
-        assert "Usage" in out and "--help" in out
+    from typer.testing import CliRunner
+
+    from hybridrl.cli import app
+
+    assert "Usage" in cli("--help").stdout  # the real entry point starts
+    runner = CliRunner()
+    for verb in ("collect", "inspect", "train", "evaluate", "ope", "finetune", "pipeline", "demo", "text", "datasets",
+                 "sweep", "sweep-report"):
+        res = runner.invoke(app, [verb, "--help"])
+        assert res.exit_code == 0 and "Usage" in res.output and "--help" in res.output, (verb, res.output)
 
 
 def test_collect_inspect_train_evaluate_ope_end_to_end(work):

@@ -15,16 +15,6 @@ from hybridrl.errors import ConfigError
 from hybridrl.nn import GaussianPolicy
 from hybridrl.ope import fit_fqe
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny networks: one thread is faster and immune to contention on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 CHAIN_OBS, CHAIN_ACT = gym.spaces.Box(0.0, 1.0, (5,), np.float32), gym.spaces.Discrete(2)
 
 

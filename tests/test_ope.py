@@ -34,13 +34,6 @@ BEHAVIOR = np.full((5, 2), 0.5)
 TARGET = np.tile([0.25, 0.75], (5, 1))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def chain_data() -> Dataset:

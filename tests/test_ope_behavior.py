@@ -17,13 +17,6 @@ GAMMA = 0.9
 EPS_GREEDY = np.tile([0.1, 0.9], (5, 1))  # epsilon-greedy (eps = 0.2) around "always right"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def eps_data():

@@ -6,21 +6,12 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from rollouts import collect
 from typer.testing import CliRunner
 
 from hybridrl.cli import app
 from hybridrl.envs.toy import ChainEnv, TabularPolicy
 from hybridrl.nn import save_policy
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from rollouts import collect
 
 from hybridrl.envs.toy import ChainEnv, TabularPolicy, chain_q, chain_transition
@@ -19,13 +18,6 @@ GAMMA = 0.9
 BEHAVIOR = np.full((5, 2), 0.5)
 TARGET = np.tile([0.25, 0.75], (5, 1))
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # ---------------------------------------------------------------------------------------- textbook references
