@@ -89,6 +89,17 @@ def test_result_says_in_words_when_the_start_was_lost():
     assert "stochastic return dipped to 60.0" in r["lost_start"]
 
 
+def test_a_drop_within_the_evaluation_noise_is_not_called_a_lost_start():
+    # std 10 over 10 episodes each: two standard errors of the difference = 2 sqrt(10 + 10) = 8.94
+    ev = {"mean": 0.0, "std": 10.0, "episodes": 10, "normalized_score": None}
+    start = {"deterministic": {**ev, "mean": 100.0}, "stochastic": {**ev, "mean": 100.0}}
+    final = {"deterministic": {**ev, "mean": 95.0}, "stochastic": {**ev, "mean": 90.0}}
+    r = finetune_result("ppo", "X-v0", 100, start, final, [])
+    assert "deterministic return 95.0 is below the start 100.0 by 5.0, within the evaluation noise" in r["lost_start"]
+    assert "(two standard errors: 8.9)" in r["lost_start"]
+    assert "stochastic return 90.0 is below the start 100.0: this run lost its start" in r["lost_start"]
+
+
 def test_warmup_learner_keeps_the_actor_fixed_until_the_critic_explains_returns():
     cfg = FinetuneConfig(n_steps=16, num_envs=2, minibatch_size=16, n_epochs=2, hidden=(16,), critic_warmup_max=2,
                          critic_warmup_ev=0.99, lr=1e-2)

@@ -171,12 +171,29 @@ def finetune_result(algo: str, env_id: str, steps: int, start: dict, final: dict
     return out
 
 
+def _noise(result: dict, m: str) -> float | None:
+    """Two standard errors of (final - start) for mode ``m`` from the evaluations' episode returns, or None."""
+    try:
+        ev = [result[k][m] for k in ("start_eval", "final_eval")]
+        var = sum(e["std"] ** 2 / e["episodes"] for e in ev)
+    except (KeyError, TypeError, ZeroDivisionError):
+        return None
+    return 2.0 * math.sqrt(var)
+
+
 def lost_start_message(result: dict) -> str | None:
-    """Words saying where a run fell below its start (final below start, or a dip under 0.95x), or None."""
+    """Words saying where a run fell below its start (final below start, or a dip under 0.95x), or None.
+
+    A final return below the start by less than two standard errors of the difference (independent 10-episode means,
+    ``std / sqrt(episodes)`` each) is reported as within the evaluation noise, not as a lost start."""
     msgs = []
     for m in ("deterministic", "stochastic"):
         s, f, dip = result["start"][m], result["final"][m], result["dip"][m]
-        if f < s:
+        noise = _noise(result, m)
+        if f < s and noise is not None and s - f < noise:
+            msgs.append(f"the final {m} return {f:.1f} is below the start {s:.1f} by {s - f:.1f}, within the "
+                        f"evaluation noise (two standard errors: {noise:.1f}): no evidence either way")
+        elif f < s:
             msgs.append(f"the final {m} return {f:.1f} is below the start {s:.1f}: this run lost its start")
         elif dip is not None and dip < 0.95:
             msgs.append(f"the {m} return dipped to {result['dip_return'][m]:.1f} ({dip:.2f}x the start) in the first "
