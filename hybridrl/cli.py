@@ -245,6 +245,8 @@ def ope_cmd(
     from hybridrl.data.dataset import Dataset
     from hybridrl.nn import load_policy
     from hybridrl.ope import evaluate_ope, pick_estimator, select
+    from hybridrl.ope.plots import check_plot_dir
+    from hybridrl.ope.select import read_true_values
 
     console = _console()
     if workers is None and address is not None:
@@ -255,9 +257,9 @@ def ope_cmd(
         names = [str(p) for p in policy]
     policies = {n: load_policy(p, ds.env_id) for n, p in zip(names, policy)}
     ests = tuple(e.strip() for e in estimators.split(",") if e.strip())
-    truth = _read_true_values(true_values, names) if true_values is not None else None
+    truth = read_true_values(true_values, names) if true_values is not None else None
     if plot is not None:
-        _check_plot_dir(plot, overwrite, ests, truth is not None)
+        _check_writable(check_plot_dir(plot, overwrite, ests, truth is not None))
     console.print(f"ope: {dataset}: {ds.n_episodes} episodes, {len(ds)} steps; {len(names)} candidates; "
                   f"estimators {', '.join(ests)}; {ci} intervals")
     from hybridrl.ope.weights import WeightConfig
@@ -489,29 +491,3 @@ def _os_message(e: OSError) -> str:
 
 if __name__ == "__main__":
     main()
-
-
-def _read_true_values(path: Path, names: list[str]) -> dict[str, float]:
-    """``--true-values`` JSON: an object {policy name: number} covering every candidate (ConfigError otherwise)."""
-    try:
-        raw = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"--true-values {path}: cannot read a JSON object ({e})") from None
-    if not isinstance(raw, dict) or not all(isinstance(v, (int, float)) for v in raw.values()):
-        raise ConfigError(f"--true-values {path}: expected a JSON object {{policy name: number}}")
-    missing = [n for n in names if n not in raw]
-    if missing:
-        raise ConfigError(f"--true-values {path} has no value for {missing}; it has {sorted(raw)}")
-    return {n: float(raw[n]) for n in names}
-
-
-def _check_plot_dir(directory: Path, overwrite: bool, estimators: tuple[str, ...], has_truth: bool) -> None:
-    """Fail before any fitting when ``--plot`` files exist (without --overwrite) or the path is a file."""
-    if directory.exists() and not directory.is_dir():
-        raise ConfigError(f"--plot {directory} is a file; expected a directory")
-    files = ["estimates.png"] + (["top_k.png"] if has_truth else []) + (
-        ["cdf.png"] if any(e.startswith("cd_") for e in estimators) else [])
-    for f in files:
-        if (directory / f).exists() and not overwrite:
-            raise ConfigError(f"--plot {directory / f} already exists; pass --overwrite to replace it")
-    _check_writable(directory / files[0])

@@ -153,3 +153,21 @@ def write_ope_plots(results: Mapping[str, Mapping[str, object]], estimators: Seq
                                                      dist["iqr"], np.zeros(0))
         out.append(plot_cdfs(cdfs, d / "cdf.png", overwrite=overwrite))
     return out
+
+
+def check_plot_dir(directory: Path, overwrite: bool, estimators: Sequence[str], has_truth: bool) -> Path:
+    """Fail before any fitting when ``--plot`` files exist (without ``overwrite``) or the path is a file; returns the
+    first file :func:`write_ope_plots` will write.
+
+    Raises:
+        ConfigError: ``directory`` is a file, or a plot file exists and ``overwrite`` is False.
+    """
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(f"--plot {directory} is a file; expected a directory")
+    files = ["estimates.png"] + (["top_k.png"] if has_truth else []) + (
+        ["cdf.png"] if any(e.startswith("cd_") for e in estimators) else [])
+    for f in files:
+        if (directory / f).exists() and not overwrite:
+            raise ConfigError(f"--plot {directory / f} already exists; pass --overwrite to replace it")
+    return directory / files[0]

@@ -272,3 +272,24 @@ def pick_estimator(results: Mapping[str, Mapping[str, object]], preferred: str,
                                    f"({why(preferred)}); estimators that pass for every candidate: {', '.join(usable)}")
     return preferred, [], (f"no estimator passes its diagnostics for every candidate; ranked by {preferred} anyway "
                            f"({why(preferred)}): do not trust this selection")
+
+
+def read_true_values(path, names: Sequence[str]) -> dict[str, float]:
+    """``--true-values`` JSON: an object {policy name: number} covering every name in ``names``.
+
+    Raises:
+        ConfigError: the file cannot be read as such an object, or a name has no value (names the file and both sets).
+    """
+    import json
+    from pathlib import Path
+
+    try:
+        raw = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--true-values {path}: cannot read a JSON object ({e})") from None
+    if not isinstance(raw, dict) or not all(isinstance(v, (int, float)) for v in raw.values()):
+        raise ConfigError(f"--true-values {path}: expected a JSON object {{policy name: number}}")
+    missing = [n for n in names if n not in raw]
+    if missing:
+        raise ConfigError(f"--true-values {path} has no value for {missing}; it has {sorted(raw)}")
+    return {n: float(raw[n]) for n in names}
