@@ -20,7 +20,7 @@ import torch
 from hybridrl.algos import gradient_step
 from hybridrl.data.batches import Transitions
 from hybridrl.errors import ConfigError
-from hybridrl.losses.offline_reg import td3_critic_target
+from hybridrl.losses.offline_reg import regularized_actor_loss, td3_critic_target
 from hybridrl.nn.critics import TargetNetwork, TwinQ
 from hybridrl.nn.deterministic import DeterministicPolicy
 
@@ -85,6 +85,25 @@ def frozen(module: torch.nn.Module) -> Iterator[None]:
     finally:
         for p in params:
             p.requires_grad_(True)
+
+
+def actor_step(learner, obs: torch.Tensor, pi: torch.Tensor, target: torch.Tensor,
+               weight: torch.Tensor | None = None) -> dict[str, float]:
+    """TD3's delayed actor step with a regulariser towards ``target`` (:func:`regularized_actor_loss`: TD3+BC eq. 3,
+    PRDC eq. 7, A2PR eq. 9), Q_1 frozen, then the Polyak step of both target networks.
+
+    ``learner`` has ``config`` (``alpha``, ``tau``, ``max_grad_norm``), ``critic``, ``critic_target``,
+    ``policy_target`` and ``actor_opt``; ``pi [B, A]`` is the policy's action at ``obs`` (with gradient).
+    Returns the loss's metrics.
+    """
+    cfg = learner.config
+    with frozen(learner.critic):
+        q = learner.critic.q1(obs, pi)
+    loss, metrics = regularized_actor_loss(q, pi, target, cfg.alpha, weight=weight)
+    gradient_step(learner.actor_opt, loss, cfg.max_grad_norm)
+    learner.critic_target.update(cfg.tau)
+    learner.policy_target.update(cfg.tau)
+    return metrics
 
 
 def learner_state(learner) -> dict:

@@ -24,9 +24,9 @@ from torch import nn
 
 from hybridrl.algos import check_config, gradient_step
 from hybridrl.algos._td3 import (
+    actor_step,
     continuous_dims,
     critic_step,
-    frozen,
     learner_state,
     load_learner_state,
     make_actor,
@@ -35,7 +35,7 @@ from hybridrl.algos._td3 import (
 )
 from hybridrl.data.batches import Transitions
 from hybridrl.data.weighting import check_sampler
-from hybridrl.losses.offline_reg import a2pr_bc_target, regularized_actor_loss, td3_critic_target, vae_loss
+from hybridrl.losses.offline_reg import a2pr_bc_target, td3_critic_target, vae_loss
 from hybridrl.nn import ObsNormalizer, ValueNet, mlp
 from hybridrl.nn.deterministic import DeterministicPolicy
 
@@ -175,14 +175,9 @@ class A2PRLearner:
                 adv_refined = self.critic.q1(batch.obs, refined) - v_old
                 adv_data = self.critic.q1(batch.obs, batch.action) - v_old
             target, m = a2pr_bc_target(refined, batch.action, adv_refined, adv_data, cfg.mask)
-            with frozen(self.critic):
-                q = self.critic.q1(batch.obs, pi)
-            loss, am = regularized_actor_loss(q, pi, target, cfg.alpha, weight=m)
-            gradient_step(self.actor_opt, loss, cfg.max_grad_norm)
-            self._actor_metrics = {**am, "refined_fraction": float((adv_refined >= adv_data).float().mean()),
+            self._actor_metrics = {**actor_step(self, batch.obs, pi, target, weight=m),
+                                   "refined_fraction": float((adv_refined >= adv_data).float().mean()),
                                    "reg_weight_mean": float(m.mean())}
-            self.critic_target.update(cfg.tau)
-            self.policy_target.update(cfg.tau)
         metrics.update(self._actor_metrics)
         return metrics
 

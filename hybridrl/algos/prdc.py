@@ -19,11 +19,11 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from hybridrl.algos import check_config, gradient_step
+from hybridrl.algos import check_config
 from hybridrl.algos._td3 import (
+    actor_step,
     continuous_dims,
     critic_step,
-    frozen,
     learner_state,
     load_learner_state,
     make_actor,
@@ -33,7 +33,6 @@ from hybridrl.algos._td3 import (
 from hybridrl.data.batches import Transitions
 from hybridrl.data.weighting import check_sampler
 from hybridrl.errors import ConfigError
-from hybridrl.losses.offline_reg import regularized_actor_loss
 from hybridrl.nn.deterministic import DeterministicPolicy
 
 if TYPE_CHECKING:
@@ -159,13 +158,7 @@ class PRDCLearner:
         if self.n_updates % cfg.policy_freq == 0:
             pi = self.policy.mode(batch.obs)
             target, dist = self._targets(batch, pi)
-            with frozen(self.critic):
-                q = self.critic.q1(batch.obs, pi)
-            loss, am = regularized_actor_loss(q, pi, target, cfg.alpha)
-            gradient_step(self.actor_opt, loss, cfg.max_grad_norm)
-            self._actor_metrics = {**am, "neighbour_distance": dist}
-            self.critic_target.update(cfg.tau)
-            self.policy_target.update(cfg.tau)
+            self._actor_metrics = {**actor_step(self, batch.obs, pi, target), "neighbour_distance": dist}
         metrics.update(self._actor_metrics)
         return metrics
 

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 import gymnasium as gym
 import torch
 
-from hybridrl.algos import check_config, gradient_step
+from hybridrl.algos import check_config
 from hybridrl.algos._td3 import (
+    actor_step,
     continuous_dims,
     critic_step,
-    frozen,
     learner_state,
     load_learner_state,
     make_actor,
@@ -29,7 +29,6 @@ from hybridrl.algos._td3 import (
 )
 from hybridrl.data.batches import Transitions
 from hybridrl.data.weighting import check_sampler
-from hybridrl.losses.offline_reg import regularized_actor_loss
 from hybridrl.nn.deterministic import DeterministicPolicy
 
 
@@ -116,13 +115,7 @@ class TD3BCLearner:
                                  cfg.max_grad_norm)
         self.n_updates += 1
         if self.n_updates % cfg.policy_freq == 0:
-            pi = self.policy.mode(batch.obs)
-            with frozen(self.critic):
-                q = self.critic.q1(batch.obs, pi)
-            loss, self._actor_metrics = regularized_actor_loss(q, pi, batch.action, cfg.alpha)
-            gradient_step(self.actor_opt, loss, cfg.max_grad_norm)
-            self.critic_target.update(cfg.tau)
-            self.policy_target.update(cfg.tau)
+            self._actor_metrics = actor_step(self, batch.obs, self.policy.mode(batch.obs), batch.action)
         metrics.update(self._actor_metrics)
         return metrics
 
