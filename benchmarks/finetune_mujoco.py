@@ -1,6 +1,6 @@
 """Offline-to-online fine-tuning on MuJoCo (issue 8): start from IQL trained on a dataset collected the way the demo
-collects it (random + a briefly trained PPO behaviour policy), fine-tune online, next to PPO from scratch at the same
-online budget.
+collects it (random + a briefly trained PPO behaviour policy), fine-tune online, next to PPO (and optionally SAC) from
+scratch at the same online budget.
 
 Per seed and method it records the starting return (deterministic and stochastic), the dip (lowest evaluation in the
 first 20% of the budget / start), the final return, the gain (final / start) and the wall time; PPO from scratch
@@ -57,7 +57,8 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["ppo"], help=f"of {sorted(FINETUNE_METHODS)}")
     ap.add_argument("--set", action="append", default=[], metavar="METHOD:KEY=VALUE",
                     help="override for one method, e.g. ppo:lr=3e-5 (repeatable)")
-    ap.add_argument("--no-scratch", action="store_true", help="skip PPO from scratch")
+    ap.add_argument("--scratch", nargs="*", default=["ppo"], choices=["ppo", "sac"],
+                    help="algorithms run from scratch for the same online budget (none: --scratch with no value)")
     ap.add_argument("--behavior-steps", type=int, default=60_000)
     ap.add_argument("--random-steps", type=int, default=5_000)
     ap.add_argument("--collect-steps", type=int, default=30_000, help="behaviour-policy steps in the dataset")
@@ -98,15 +99,16 @@ def main() -> None:
                                         **{k: r[k] for k in ("start", "final", "dip", "dip_return", "gain", "curve",
                                                              "lost_start")}})
                 save_json(results, args.out)
-        if not args.no_scratch:
+        for algo in args.scratch:
             t0 = time.perf_counter()
-            srun = train("ppo", work / f"scratch-seed{seed}", args.online_steps, env_id=args.env, seed=seed,
+            name = "scratch" if algo == "ppo" else f"scratch-{algo}"
+            srun = train(algo, work / f"{name}-seed{seed}", args.online_steps, env_id=args.env, seed=seed,
                          eval_episodes=0, progress=False, overwrite=True)
             pol = load_policy(srun.policy_dir, args.env)
             final = {m: evaluate_policy(pol, args.env, args.eval_episodes, seed=EVAL_SEED,
                                         deterministic=m == "deterministic")["mean"]
                      for m in ("deterministic", "stochastic")}
-            results["runs"].append({"seed": seed, "method": "ppo-scratch", "final": final,
+            results["runs"].append({"seed": seed, "method": f"{algo}-scratch", "final": final,
                                     "wall_s": time.perf_counter() - t0})
             save_json(results, args.out)
     for r in results["runs"]:
