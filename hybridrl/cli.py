@@ -209,7 +209,8 @@ def ope_cmd(
     policy: list[Path] = typer.Option(..., "--policy", help="Candidate policy directory (repeatable)."),
     estimators: str = typer.Option("fqe,pdis,snpdis,dr", "--estimators",
                                    help="Comma-separated: fqe, pdis, snpdis, dr, tis, sntis, sndr; marginal "
-                                        "mis_dualdice, mis_mwl, mdr_dualdice, mdr_mwl, dm_mql, mdr_mql; kernel "
+                                        "mis_dualdice, mis_mwl, mdr_dualdice, mdr_mwl, dm_mql, mdr_mql, smis_mwl, "
+                                        "smdr_mwl; kernel "
                                         "(continuous) kis, ksnis, kdr, ksndr; distributional cd_dm, cd_is, cd_dr, "
                                         "cd_snis, cd_sndr."),
     gamma: float = typer.Option(0.99, "--gamma", min=0.0, max=1.0),

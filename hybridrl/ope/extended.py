@@ -5,7 +5,9 @@ Estimator names (each also in ``hybridrl ope --estimators``; equations in the mo
 * marginal (:mod:`hybridrl.ope.marginal`, weights from :mod:`hybridrl.ope.weights`; behaviour-agnostic: no
   behaviour probabilities needed): ``mis_dualdice``, ``mis_mwl`` (state-action marginal IS), ``mdr_dualdice``,
   ``mdr_mwl`` (marginal DR with the FQE critic), ``dm_mql`` (``E_{s0} q(s0, pi)`` with the MQL Q-function) and
-  ``mdr_mql`` (marginal DR with MWL weights and the MQL Q-function, Uehara et al. 2020 Sec. 6).
+  ``mdr_mql`` (marginal DR with MWL weights and the MQL Q-function, Uehara et al. 2020 Sec. 6); state-marginal
+  ``smis_mwl`` / ``smdr_mwl`` (SM-IS / SM-DR with the FQE critic: state weights rho(s) from state-marginal MWL times
+  the per-step ratio pi/pi_0, so these need behaviour probabilities, logged or estimated).
 * kernel (:mod:`hybridrl.ope.kernel`; continuous actions, the target's deterministic action ``policy.mode(s)``):
   ``kis`` (kernel PDIS), ``ksnis`` (kernel SNPDIS), ``kdr``, ``ksndr`` (with the FQE critic,
   ``Vhat(s) = Qhat(s, mu(s))``).
@@ -27,11 +29,11 @@ from hybridrl.ope.weights import WeightConfig, WeightFit, fit_weights
 
 __all__ = ["EXTENDED", "KERNEL", "MARGINAL", "NEEDS_BEHAVIOR", "NEEDS_FQE", "SELF_NORMALISED", "estimate"]
 
-MARGINAL = ("mis_dualdice", "mis_mwl", "mdr_dualdice", "mdr_mwl", "dm_mql", "mdr_mql")
+MARGINAL = ("mis_dualdice", "mis_mwl", "mdr_dualdice", "mdr_mwl", "dm_mql", "mdr_mql", "smis_mwl", "smdr_mwl")
 KERNEL = ("kis", "ksnis", "kdr", "ksndr")
 EXTENDED = (*MARGINAL, *KERNEL, *distributional.CD_ESTIMATORS)
-NEEDS_BEHAVIOR = (*KERNEL, "cd_is", "cd_dr", "cd_snis", "cd_sndr")
-NEEDS_FQE = ("mdr_dualdice", "mdr_mwl", "kdr", "ksndr", "cd_dm", "cd_dr", "cd_sndr")
+NEEDS_BEHAVIOR = (*KERNEL, "cd_is", "cd_dr", "cd_snis", "cd_sndr", "smis_mwl", "smdr_mwl")
+NEEDS_FQE = ("mdr_dualdice", "mdr_mwl", "kdr", "ksndr", "cd_dm", "cd_dr", "cd_sndr", "smdr_mwl")
 SELF_NORMALISED = ("ksnis", "ksndr", "cd_snis", "cd_sndr")
 DEFAULT_BANDWIDTH = 0.2  # kernel bandwidth as a fraction of the action box half-width
 
@@ -43,19 +45,24 @@ def _rows(fn, dataset: Dataset, obs: np.ndarray | None = None, chunk: int = 6553
     return np.concatenate(out) if out else np.zeros(0)
 
 
-def _fit(cache: dict, method: str, dataset, policy, gamma, config, seed, progress) -> WeightFit:
+def _fit(cache: dict, method: str, dataset, policy, gamma, config, seed, progress, blp=None) -> WeightFit:
     if method not in cache:
-        cache[method] = fit_weights(dataset, policy, gamma, method, config, seed, progress)
+        log_ratio = None
+        if method == "mwl_state":
+            from hybridrl.ope.estimators import importance_weights
+
+            log_ratio = importance_weights(dataset, policy, blp)
+        cache[method] = fit_weights(dataset, policy, gamma, method, config, seed, progress, log_ratio)
     return cache[method]
 
 
-def _marginal(name, dataset, policy, gamma, fqe, cache, config, seed, progress, arrays):
+def _marginal(name, dataset, policy, gamma, fqe, cache, config, seed, progress, arrays, blp):
     from hybridrl.ope.estimators import episode_arrays
 
     rewards, mask = arrays
     method = {"mis_dualdice": "dualdice", "mdr_dualdice": "dualdice", "mis_mwl": "mwl", "mdr_mwl": "mwl",
-              "dm_mql": "mql", "mdr_mql": "mwl"}[name]
-    fits = [_fit(cache, method, dataset, policy, gamma, config, seed, progress)]
+              "dm_mql": "mql", "mdr_mql": "mwl", "smis_mwl": "mwl_state", "smdr_mwl": "mwl_state"}[name]
+    fits = [_fit(cache, method, dataset, policy, gamma, config, seed, progress, blp)]
     if name == "dm_mql":
         fit = fits[0]
         est = core.mean_estimate(fit.v0, {"v0_std": float(fit.v0.std())},
@@ -63,7 +70,7 @@ def _marginal(name, dataset, policy, gamma, fqe, cache, config, seed, progress, 
                                   "fitting error"])
     else:
         w = episode_arrays(dataset, fits[0].weights)[0]
-        if name.startswith("mis_"):
+        if name.startswith(("mis_", "smis_")):
             est = marginal.mis(w, rewards, mask, gamma)
         else:
             if name == "mdr_mql":
@@ -161,7 +168,7 @@ def estimate(name: str, dataset: Dataset, policy: Policy, gamma: float, fqe, blp
         if not gamma < 1.0:
             raise ConfigError(f"{name} needs gamma < 1 (discounted occupancy ratios); got {gamma}")
         return (*_marginal(name, dataset, policy, gamma, fqe, {} if cache is None else cache, weight_config, seed,
-                           progress, arrays), None)
+                           progress, arrays, blp), None)
     if name in KERNEL:
         return (*_kernel(name, dataset, policy, gamma, fqe, blp, bandwidth, clip, arrays), None)
     if name in distributional.CD_ESTIMATORS:

@@ -12,13 +12,20 @@ sampled action clipped to the action box for continuous ones, as FQE does) and `
     MWL       (Uehara, Huang & Jiang 2020, Sec. 4, RKHS discriminator, their Lemma on the closed-form max):
         L_w(w, f) = E_D[w(s,a) (gamma (1-d) f(s',pi) - f(s,a))] + (1-gamma) E_{s0}[f(s0,pi)]
         min_w max_{||f||_H <= 1} L_w(w, f)^2 = min_w  c^T K c / (B (B-1))   (c, K: below; same-sample pairs dropped)
+    MWL, state marginal (``mwl_state``; Liu, Li, Tang & Zhou 2018, "Breaking the Curse of Horizon", Thm. 4 with the
+        RKHS closed form of their Sec. 4; Uehara et al. 2020 Sec. 4 restricted to f(s)): with the per-step ratio
+        beta = pi(a|s) / pi_0(a|s) of the logged action (needs behaviour probabilities, logged or estimated),
+        L_rho(rho, f) = E_D[rho(s) (gamma (1-d) beta(s,a) f(s') - f(s))] + (1-gamma) E_{s0}[f(s0)]
+        is 0 for every f(s) at rho(s) = d^pi_gamma(s) / d^D(s); the step weights are rho(s_t) beta_t
+        (= w(s_t, a_t) when the data's actions follow pi_0), used by SM-IS/SM-DR.
     MQL       (Uehara et al. 2020, Sec. 5, RKHS discriminator over weights):
         L_q(w, q) = E_D[w(s,a) (r + gamma (1-d) q(s',pi) - q(s,a))]
         min_q max_{||w||_H <= 1} L_q(w, q)^2 = min_q  e^T K_D e / (B (B-1)),
         e_i = r_i + gamma (1-d_i) q(s'_i,pi) - q(s_i,a_i)
         J = E_{s0}[q(s0, pi)]
 
-For MWL a batch of B steps gives 3B kernel points with coefficients ``c``: ``(s_i, a_i)`` with ``-w_i``,
+For MWL (and ``mwl_state``, with state-only kernel points and ``gamma (1-d_i) beta_i rho_i`` as the middle
+coefficient) a batch of B steps gives 3B kernel points with coefficients ``c``: ``(s_i, a_i)`` with ``-w_i``,
 ``(s'_i, pi)`` with ``gamma (1-d_i) w_i`` and ``(s0_j, pi)`` with ``1 - gamma``. The kernel is Gaussian,
 ``k = exp(-||x - x'||^2 / (2 h^2))``, on normalised observations; for discrete actions it is multiplied by the inner
 product of the action distributions (a logged action is one-hot, ``pi`` is ``pi(.|s)``), the exact RKHS embedding of
@@ -49,14 +56,14 @@ import torch
 from torch import nn
 
 from hybridrl.data.dataset import Dataset
-from hybridrl.errors import ConfigError, DivergenceError
+from hybridrl.errors import ConfigError, DivergenceError, ShapeError
 from hybridrl.nn import Policy, mlp
 from hybridrl.ope.marginal import normalise_weights
 from hybridrl.runs.progress import progress_bar
 
 __all__ = ["METHODS", "WeightConfig", "WeightFit", "fit_weights"]
 
-METHODS = ("dualdice", "mwl", "mql")
+METHODS = ("dualdice", "mwl", "mql", "mwl_state")
 
 
 @dataclass(frozen=True)
@@ -94,8 +101,9 @@ class WeightFit:
     """A fitted DualDICE/MWL weight or MQL Q-function, evaluated on the dataset it was fitted on.
 
     Attributes:
-        method: "dualdice", "mwl" or "mql".
-        weights: ``[N]`` self-normalised w(s_t, a_t) of the logged steps (None for MQL).
+        method: "dualdice", "mwl", "mql" or "mwl_state".
+        weights: ``[N]`` self-normalised w(s_t, a_t) of the logged steps (``mwl_state``: rho(s_t) beta_t; None for
+            MQL).
         normaliser: the self-normalisation factor (about 1 when the raw weights satisfied the moment; NaN for MQL).
         q, v_next, v0: MQL only: ``q [N]`` = q(s_t, a_t), ``v_next [N]`` = (1 - d_t) q(s_{t+1}, pi), ``v0 [E]``.
         converged: the value estimate settled (module docstring); ``history`` holds ``(step, value)``.
@@ -125,7 +133,7 @@ class WeightFit:
         return d
 
     def notes(self) -> list[str]:
-        name = {"dualdice": "DualDICE", "mwl": "MWL", "mql": "MQL"}[self.method]
+        name = {"dualdice": "DualDICE", "mwl": "MWL", "mql": "MQL", "mwl_state": "state-marginal MWL"}[self.method]
         out = []
         if not self.converged:
             last = [v for _, v in self.history[-3:]]
@@ -153,6 +161,10 @@ class _Fn(nn.Module):
     def _out(self, x: torch.Tensor) -> torch.Tensor:
         y = self.net(x)
         return nn.functional.softplus(y + math.log(math.e - 1)) if self.positive else y * self.scale
+
+    def s(self, obs: torch.Tensor) -> torch.Tensor:
+        """``f(s)`` of a state-only function (built with ``act_dim=0``, ``discrete=False``)."""
+        return self._out(obs).squeeze(1)
 
     def sa(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
         if self.discrete:
@@ -222,13 +234,17 @@ def _points(data: _Data, x: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor
 
 
 def fit_weights(dataset: Dataset, policy: Policy, gamma: float, method: str = "mwl",
-                config: WeightConfig | None = None, seed: int = 0, progress: bool = False) -> WeightFit:
-    """Fit DualDICE or MWL marginal weights, or an MQL Q-function, of ``policy`` on ``dataset`` (module docstring).
+                config: WeightConfig | None = None, seed: int = 0, progress: bool = False,
+                log_ratio: np.ndarray | None = None) -> WeightFit:
+    """Fit DualDICE, MWL or state-marginal MWL weights, or an MQL Q-function, of ``policy`` on ``dataset`` (module
+    docstring).
 
     Args: ``dataset`` (logged steps and episodes), ``policy`` (target pi, only read), ``gamma`` in [0, 1),
-    ``method`` in :data:`METHODS`, ``config`` (:class:`WeightConfig`), ``seed``, ``progress`` (bar on stderr).
+    ``method`` in :data:`METHODS`, ``config`` (:class:`WeightConfig`), ``seed``, ``progress`` (bar on stderr),
+    ``log_ratio`` (``[N]`` log pi(a_t|s_t) - log pi_0(a_t|s_t) of the logged steps; ``mwl_state`` only).
     Returns: :class:`WeightFit` evaluated on all N logged steps.
-    Raises: ConfigError (method, gamma), DivergenceError (a non-finite loss).
+    Raises: ConfigError (method, gamma, ``log_ratio`` missing for ``mwl_state``), ShapeError (``log_ratio`` not
+    ``[N]`` or not finite), DivergenceError (a non-finite loss).
     """
     if method not in METHODS:
         raise ConfigError(f"unknown weight-learning method {method!r}; expected one of {list(METHODS)}")
@@ -240,12 +256,24 @@ def fit_weights(dataset: Dataset, policy: Policy, gamma: float, method: str = "m
     data = _Data(dataset, policy, cfg)
     g, h, bsz = float(gamma), float(cfg.bandwidth), int(cfg.batch_size)
     obs_dim, n, e = data.obs.shape[1], len(data.r), len(data.s0)
+    beta = None
+    if method == "mwl_state":
+        if log_ratio is None:
+            raise ConfigError("mwl_state (state-marginal weights) needs log_ratio = log pi(a|s) - log pi_0(a|s) of "
+                              "the logged steps (behaviour probabilities, logged or estimated)")
+        lr_arr = np.asarray(log_ratio, dtype=np.float64)
+        if lr_arr.shape != (n,) or not np.isfinite(lr_arr).all():
+            raise ShapeError(f"mwl_state: log_ratio must be a finite [N] = ({n},) array; got shape {lr_arr.shape}")
+        beta = torch.as_tensor(np.exp(np.minimum(lr_arr, 50.0)), dtype=torch.float32)
     # MQL's q is O(r_max / (1 - gamma)): its output is scaled by that, so the network works at O(1) (Adam moves
     # parameters by ~lr per step whatever the gradient's scale). DualDICE's nu is left unscaled: scaling it by
     # 1/(1 - gamma) made the minimax oscillate on the chain MDP (MIS 0.33 vs 0.51).
     q_scale = max(float(data.r.abs().max()), 1e-8) / (1.0 - g)
-    main = _Fn(obs_dim, data.n_act, data.discrete, cfg, positive=method == "mwl",
-               scale=q_scale if method == "mql" else 1.0)
+    if beta is None:
+        main = _Fn(obs_dim, data.n_act, data.discrete, cfg, positive=method == "mwl",
+                   scale=q_scale if method == "mql" else 1.0)
+    else:  # rho(s): a positive function of the state alone
+        main = _Fn(obs_dim, 0, False, cfg, positive=True)
     nets = [main]
     if method == "dualdice":
         nets.append(_Fn(obs_dim, data.n_act, data.discrete, cfg, positive=False))  # nu (unscaled: see below)
@@ -263,8 +291,8 @@ def fit_weights(dataset: Dataset, policy: Policy, gamma: float, method: str = "m
     def evaluate() -> tuple[float, np.ndarray | None]:
         if method == "mql":
             return float(main.s_pi(data.s0, data.pi("s0", torch.arange(e))).mean()), None
-        raw = main.sa(data.obs, data.act).double().numpy()
-        w = np.clip(raw, 0.0, None)[None]
+        raw = (main.sa(data.obs, data.act) if beta is None else main.s(data.obs)).double().numpy()
+        w = np.clip(raw, 0.0, None)[None] * (1.0 if beta is None else beta.double().numpy())
         if not np.isfinite(w).all() or not w.any():
             return float("nan"), w[0]
         w, _ = normalise_weights(w, mask, g, data.d.numpy()[None])
@@ -285,6 +313,11 @@ def fit_weights(dataset: Dataset, policy: Policy, gamma: float, method: str = "m
                 a = torch.cat([data.act_repr[i], pi_next, pi0])
                 c = torch.cat([-w, cont * w, torch.full((bsz,), 1.0 - g)])
                 losses = [c @ (_kernel(*_points(data, x, a), h) * off3) @ c / (bsz * (bsz - 1))]
+            elif method == "mwl_state":
+                rho = main.s(data.obs[i])
+                x = torch.cat([data.obs[i], data.next_obs[i], data.s0[j]])
+                c = torch.cat([-rho, cont * beta[i] * rho, torch.full((bsz,), 1.0 - g)])
+                losses = [c @ (_kernel(x, None, h) * off3) @ c / (bsz * (bsz - 1))]
             elif method == "mql":
                 err = data.r[i] + cont * main.s_pi(data.next_obs[i], pi_next) - main.sa(data.obs[i], data.act[i])
                 with torch.no_grad():
@@ -324,7 +357,7 @@ def fit_weights(dataset: Dataset, policy: Policy, gamma: float, method: str = "m
             v0 = main.s_pi(data.s0, data.pi("s0", torch.arange(e))).double().numpy()
         return WeightFit(method, None, float("nan"), converged, history, cfg.steps, q, v_next, v0)
     raw = evaluate()[1]
-    w = np.clip(raw, 0.0, None)
+    w = np.clip(raw, 0.0, None) * (1.0 if beta is None else beta.double().numpy())
     if not np.isfinite(w).all() or not w.any():
         return WeightFit(method, np.zeros(n), float("nan"), False, history, cfg.steps)
     w, c = normalise_weights(w[None], mask, g, data.d.numpy()[None])
