@@ -24,6 +24,8 @@ Everything is float64 with a fixed seed. Cases (fixed-length episodes: SCOPE-RL 
 * ``ccd_*``: the same CD estimators on the continuous data (kernel weights), gamma=1.
 * ``marg_*``: given state-action / state marginal weights (n_step_pdis=0, gamma=0.95): SCOPE-RL SAM-IS, SAM-DR,
   SAM-SNIS, SAM-SNDR, SM-IS, SM-DR, SM-SNIS, SM-SNDR.
+* ``ops_*``: 6 candidates with DM estimates, true values and a logged behaviour dataset: SCOPE-RL's top-k
+  statistics, SharpeRatio@k (k = 1..6), MSE, rank correlation, regret@1 and @3, type I/II error rates.
 
 ``meta_json`` holds the SCOPE-RL/NumPy versions and, for every stored SCOPE-RL output, the exact call.
 """
@@ -83,6 +85,63 @@ def _cd_grid(returns: np.ndarray, v0: np.ndarray, k: int = 41) -> np.ndarray:
     grid = np.linspace(lo, hi, k)
     assert returns.min() < grid[1], "pick another seed: the first grid bin must hold the smallest return"
     return grid
+
+
+def _ops_case(rng: np.random.Generator, record, arrays: dict) -> None:
+    """SCOPE-RL's OPS metrics: 6 candidates whose DM estimates are set through constant Qhat, known true values,
+    a logged behaviour dataset (its mean discounted return is SCOPE-RL's J(pi_b))."""
+    from scope_rl.ope import OffPolicyEvaluation, OffPolicySelection
+    from scope_rl.ope.discrete import DirectMethod
+
+    e, t, n_act, k_max = 10, 4, 3, 6
+    n = e * t
+    logged = {"n_trajectories": e, "action_type": "discrete", "n_actions": n_act, "action_dim": None,
+              "state_dim": 2, "step_per_trajectory": t, "state": rng.standard_normal((n, 2)),
+              "action": rng.integers(0, n_act, n), "reward": rng.uniform(0.0, 1.0, n),
+              "pscore": np.full(n, 1.0 / n_act), "done": np.tile(np.eye(t)[-1], e), "terminal": np.zeros(n),
+              "behavior_policy": "pi_b", "dataset_id": 0}
+    q_const = rng.normal(3.0, 1.5, k_max)
+    truth = q_const + rng.normal(0.0, 1.0, k_max)
+    truth[np.argsort(q_const)[-2]] = truth.max() + 1.0  # the second by estimate is the best: regret@1 > 0
+    inputs = {}
+    for k in range(k_max):
+        inputs[f"p{k}"] = {"evaluation_policy_action": None,
+                           "evaluation_policy_action_dist": rng.dirichlet(np.ones(n_act), n),
+                           "state_action_value_prediction": np.full((n, n_act), q_const[k]),
+                           "initial_state_value_prediction": np.full(e, q_const[k]),
+                           "state_action_marginal_importance_weight": None, "state_marginal_importance_weight": None,
+                           "on_policy_policy_value": np.full(5, truth[k]), "gamma": GAMMA, "behavior_policy": "pi_b",
+                           "evaluation_policy": f"p{k}", "dataset_id": 0}
+    ope = OffPolicyEvaluation(logged_dataset=logged, ope_estimators=[DirectMethod()])
+    ops = OffPolicySelection(ope=ope)
+    threshold = 3.0  # gives type I != type II error rates on these values (asserted below)
+    arrays["ops_reward"] = logged["reward"]
+    arrays["ops_done"] = logged["done"]
+    arrays["ops_truth"] = truth
+    arrays["ops_steps"] = np.int64(t)
+    arrays["ops_threshold"] = np.float64(threshold)
+    est = ope.estimate_policy_value(inputs)
+    record("scope_ops_estimates", [est[f"p{k}"]["dm"] for k in range(k_max)],
+           "OffPolicyEvaluation(logged_dataset=ops_logged, ope_estimators=[DirectMethod()]).estimate_policy_value("
+           "ops_inputs)[p]['dm'] for p in p0..p5 (ops_logged, ops_inputs: benchmarks/scope_rl_fixture.py _ops_case)")
+    topk = ops.obtain_topk_policy_value_selected_by_standard_ope(inputs, return_safety_violation_rate=True,
+                                                                  safety_threshold=threshold)["dm"]
+    call = ("OffPolicySelection(ope=ope).obtain_topk_policy_value_selected_by_standard_ope(ops_inputs, "
+            "return_safety_violation_rate=True, safety_threshold=ops_threshold)['dm']")
+    for metric in ("best", "worst", "mean", "std", "safety_violation_rate", "sharpe_ratio"):
+        record(f"scope_ops_topk_{metric}", np.asarray(topk[metric]).reshape(-1), f"{call}[{metric!r}] for k = 1..6")
+    for k in (1, 3):
+        res = ops.select_by_policy_value(inputs, return_metrics=True, top_k_in_eval_metrics=k,
+                                         safety_threshold=threshold)["dm"]
+        call = (f"OffPolicySelection(ope=ope).select_by_policy_value(ops_inputs, return_metrics=True, "
+                f"top_k_in_eval_metrics={k}, safety_threshold=ops_threshold)['dm']")
+        record(f"scope_ops_regret_at_{k}", res["regret"][0], f"{call}['regret'][0]")
+        if k == 1:
+            record("scope_ops_mse", res["mean_squared_error"], f"{call}['mean_squared_error']")
+            record("scope_ops_rank_correlation", res["rank_correlation"][0], f"{call}['rank_correlation'][0]")
+            record("scope_ops_type_i_error_rate", res["type_i_error_rate"], f"{call}['type_i_error_rate']")
+            record("scope_ops_type_ii_error_rate", res["type_ii_error_rate"], f"{call}['type_ii_error_rate']")
+            assert res["type_i_error_rate"] != res["type_ii_error_rate"], "choose another threshold"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         wtext = f"{wname}_marginal_importance_weight=" + ("marg_w_sa" if wname == "state_action" else "marg_rho")
         record(f"scope_marg_{key}", cls().estimate_policy_value(**mkw, **wkw),
                f"scope_rl.ope.discrete.{cls.__name__}().estimate_policy_value({mkw_text}, {wtext})")
+
+    _ops_case(rng, record, arrays)
 
     arrays["gamma"] = np.float64(GAMMA)
     arrays["steps"] = np.int64(T)

@@ -52,6 +52,21 @@ def main() -> None:
                       _rel(c.variance, f[f"{key}_variance"]))
             rows.append((f"{label} {ours} (CDF, mean, variance)", rel,
                          f"CDF abs {np.max(np.abs(c.cdf - f[f'{key}_cdf'])):.1e}"))
+    from hybridrl.ope.select import select, sharpe_ratio_at_k, top_k_stats
+
+    est, truth, j_b, _ = m._ops()
+    ks = range(1, len(est) + 1)
+    for metric in ("best", "worst", "mean", "std"):
+        ours = [top_k_stats(est, truth, k)[metric] for k in ks]
+        theirs = f[f"scope_ops_topk_{metric}"]
+        rows.append((f"OPS {metric}@k, k = 1..{len(est)}", _rel(np.nan_to_num(ours), np.nan_to_num(theirs)), ""))
+    ours = [sharpe_ratio_at_k(est, truth, j_b, k) for k in ks]
+    rows.append((f"OPS SharpeRatio@k, k = 2..{len(est)}", _rel(ours[1:], f["scope_ops_topk_sharpe_ratio"][1:]),
+                 "J(pi_b) as SCOPE-RL computes it"))
+    res = select(dict(enumerate(est)), 1, dict(enumerate(truth)))
+    rows.append(("OPS MSE", _rel(res.mse, f["scope_ops_mse"]), ""))
+    rows.append(("OPS rank correlation", _rel(res.rank_correlation, f["scope_ops_rank_correlation"]), ""))
+    rows.append(("OPS regret@1", _rel(res.regret_at_k, f["scope_ops_regret_at_1"]), ""))
     width = max(len(r[0]) for r in rows)
     print(f"{'estimator':<{width}}  max rel. diff")
     for label, rel, extra in rows:

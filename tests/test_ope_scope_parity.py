@@ -7,6 +7,7 @@ test needs only NumPy). Every estimator both libraries have must agree to ``RTOL
     discrete:   DM, TIS, PDIS, DR, SNTIS, SNPDIS, SNDR           (hybridrl.ope.core)
     continuous: kernel DM, TIS, PDIS, DR, SNTIS, SNPDIS, SNDR    (core + hybridrl.ope.kernel, 1-D actions)
     CD:         CD-DM, CD-TIS, CD-TDR, CD-SNTIS, CD-SNTDR: CDF, mean and variance   (hybridrl.ope.distributional)
+    selection:  best/worst/mean/std@k, SharpeRatio@k, MSE, rank correlation, regret@1   (hybridrl.ope.select)
 
 Where the definitions differ (docs/algorithms/ope.md, "Agreement with SCOPE-RL 0.2.1") the test pins the exact
 difference instead: it rebuilds SCOPE-RL's number from hybridrl's pieces plus the documented change, so a
@@ -22,6 +23,7 @@ import numpy as np
 import pytest
 
 from hybridrl.ope import core, distributional, intervals, kernel, marginal
+from hybridrl.ope.select import error_rates, regret_at_k, select, sharpe_ratio_at_k, top_k, top_k_stats
 
 RTOL = 1e-6
 FIXTURE = Path(__file__).parent / "fixtures" / "scope_rl_0_2_1.npz"
@@ -59,7 +61,9 @@ def test_fixture_is_scope_rl_0_2_1_and_every_output_has_its_call():
     assert meta["scope_rl_version"] == "0.2.1"
     outputs = {k for k in F if k.startswith("scope_")}
     assert outputs == set(meta["calls"]) and len(outputs) > 50
-    assert all(np.isfinite(F[k]).all() for k in outputs)
+    undefined = {"scope_ops_topk_std", "scope_ops_topk_sharpe_ratio"}  # k = 1: sample std (ddof 1) of one value
+    assert all(np.isfinite(F[k]).all() for k in outputs - undefined)
+    assert all(np.isfinite(F[k][1:]).all() and np.isnan(F[k][0]) for k in undefined)
 
 
 BASIC = ["dm", "tis", "pdis", "dr", "sntis", "snpdis", "sndr"]
@@ -221,3 +225,49 @@ def test_intervals_differ_by_scope_rls_constants():
     low, high = intervals.hoeffding_ci(x, 0.95, rng)
     theirs = (F["scope_ci_hoeffding_upper"] - F["scope_ci_hoeffding_lower"]) / 2
     np.testing.assert_allclose((high - low) / 2 * len(x), theirs, rtol=RTOL)
+
+
+# ---------------------------------------------------------------------------------------------------- selection
+def _ops():
+    """Estimates, true values, J(pi_b) as SCOPE-RL computes it, threshold h. SCOPE-RL's OffPolicyEvaluation (default
+    ``disable_reward_after_done=True``) multiplies the logged rewards by ``(1 - done).cumprod(axis=1)``, which zeroes
+    the reward of the step flagged done as well as the later ones: J(pi_b) loses each episode's last reward here
+    (done marks the last step), and SCOPE-RL adds 1e-10 to it."""
+    est, truth = F["scope_ops_estimates"], F["ops_truth"]
+    t = int(F["ops_steps"])
+    r = F["ops_reward"].reshape(-1, t) * (1 - F["ops_done"].reshape(-1, t)).cumprod(axis=1)
+    j_b = (r * GAMMA ** np.arange(t)).sum(1).mean()
+    return est, truth, j_b, float(F["ops_threshold"])
+
+
+def test_selection_metrics_agree():
+    """Top-k best/worst/mean/std (ddof 1) and SharpeRatio@k for k = 1..K, MSE, Spearman rank correlation and
+    regret@1 from SCOPE-RL's OffPolicySelection on the same estimates and true values."""
+    est, truth, j_b, _ = _ops()
+    for k in range(1, len(est) + 1):
+        st = top_k_stats(est, truth, k)
+        for metric in ("best", "worst", "mean", "std"):
+            np.testing.assert_allclose(st[metric], F[f"scope_ops_topk_{metric}"][k - 1], rtol=RTOL, equal_nan=True)
+        np.testing.assert_allclose(sharpe_ratio_at_k(est, truth, j_b, k), F["scope_ops_topk_sharpe_ratio"][k - 1],
+                                   rtol=RTOL, equal_nan=True)
+    res = select(dict(enumerate(est)), 1, dict(enumerate(truth)))
+    np.testing.assert_allclose(res.mse, F["scope_ops_mse"], rtol=RTOL)
+    np.testing.assert_allclose(res.rank_correlation, F["scope_ops_rank_correlation"], rtol=RTOL)
+    np.testing.assert_allclose(res.regret_at_k, F["scope_ops_regret_at_1"], rtol=RTOL, atol=1e-12)
+    t = int(F["ops_steps"])
+    j_b_all = (F["ops_reward"].reshape(-1, t) * GAMMA ** np.arange(t)).sum(1).mean()  # every logged reward
+    assert not np.isclose(sharpe_ratio_at_k(est, truth, j_b_all, 2), F["scope_ops_topk_sharpe_ratio"][1], rtol=RTOL)
+
+
+def test_selection_metrics_that_differ():
+    """(1) SCOPE-RL's regret@k (code) is sum of the k best true values - sum of the true values of the top-k by
+    estimate; ours is max - max (equal at k = 1). (2) SCOPE-RL's "type I error rate" is the share of safe policies
+    (J >= h) rejected, which we call type II, and its "type II" is ours type I (unsafe passed); SCOPE-RL gives 0 where
+    we give NaN for an empty denominator. (3) SCOPE-RL's top-k safety violation rate has no counterpart."""
+    est, truth, _, h = _ops()
+    top3 = top_k(est, 3)
+    np.testing.assert_allclose(np.sort(truth)[::-1][:3].sum() - truth[top3].sum(), F["scope_ops_regret_at_3"],
+                               rtol=RTOL)
+    assert not np.isclose(regret_at_k(est, truth, 3), F["scope_ops_regret_at_3"], rtol=RTOL)
+    t1, t2 = error_rates(est, truth, h)
+    assert (t1, t2) == (F["scope_ops_type_ii_error_rate"], F["scope_ops_type_i_error_rate"]) and t1 != t2
