@@ -22,10 +22,11 @@ Then ``J = E_{d^D}[w(s, a) r] / (1 - gamma)`` and, with a critic ``Qhat`` and ``
 
 ``d^i_t`` is the termination flag of step t (truncation bootstraps). MIS is unbiased (consistent: a ratio of means)
 when w is the true ratio; MDR is consistent when either w or Qhat is right (double robustness). N = number of logged
-steps, n = number of episodes. SCOPE-RL writes the same estimators as ``(1/n) sum_i sum_t gamma^t w r`` with a
-ratio relative to the gamma^t-weighted data distribution and fixed-length trajectories; the two agree when
-episodes are never cut short, and ours is unbiased for episodes of any length. SCOPE-RL's SAM-DR also pairs
-``Vhat(s_{t+1})`` with pi evaluated at ``s_t`` and shifts the last step's value (``np.insert(v, -1, 0)``); we use
+steps, n = number of episodes. SCOPE-RL 0.2.1 writes SAM-IS/DR as ``(1/n) sum_i sum_t gamma^t w r`` over
+fixed-length trajectories of T steps; on the same data the two give the same number exactly when
+``w_ours[i, t] = T (1 - gamma) gamma^t w_scope[i, t]`` (tests/test_ope_scope_parity.py). Ours is unbiased for
+episodes of any length. SCOPE-RL's SAM-DR builds ``Vhat(s_{t+1})`` with ``np.insert(v, -1, 0, axis=1)[:, 1:]``,
+i.e. ``[v_1, ..., v_{T-2}, 0, v_{T-1}]`` (0 at step T-2, the state's own value at the last step); we use
 ``Vhat(s_{t+1}) = E_{a ~ pi(.|s_{t+1})} Qhat(s_{t+1}, a)``.
 
 Per-episode terms (for intervals): ``n/(N (1-gamma)) sum_t w r`` (plus ``Vhat(s_0)`` for MDR); their mean is the
