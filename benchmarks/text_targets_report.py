@@ -43,7 +43,8 @@ def summary(seeds: dict[str, dict]) -> dict[str, dict]:
         well = [r["well_formed"] for r, _ in rs]
         out[name] = {"acc": mean_se(acc), "delta": mean_se(delta), "well": statistics.mean(well),
                      "well_min": min(well), "per_seed": acc, "well_per_seed": well,
-                     "best": statistics.mean(r["best_accuracy"] for r, _ in rs), "n": len(rs)}
+                     "best": statistics.mean(r["best_accuracy"] for r, _ in rs), "n": len(rs),
+                     "tail": statistics.mean(statistics.mean(c[1] for c in r["curve"][-5:]) for r, _ in rs)}
     return out
 
 
@@ -112,11 +113,11 @@ def main() -> None:
     print(f"seeds {', '.join(seeds)}; start accuracy " + " / ".join(f"{x:.3f}" for x in starts)
           + "; corpus correct " + " / ".join(f"{s['corpus_correct']:.2f}" for s in seeds.values())
           + "; small corpus correct " + " / ".join(f"{s['small_corpus_correct']:.2f}" for s in seeds.values()))
-    print("\n| method | final accuracy, mean ± s.e. | Δ vs start, mean ± s.e. | best on the curve | well-formed (min) "
-          "| per seed |\n|---|---|---|---|---|---|")
+    print("\n| method | final accuracy, mean ± s.e. | Δ vs start, mean ± s.e. | last 5 evals | best "
+          "| well-formed (min) | per seed |\n|---|---|---|---|---|---|---|")
     for name, v in st.items():
         print(f"| {name} | {v['acc'][0]:.3f} ± {v['acc'][1]:.3f} | {v['delta'][0]:+.3f} ± {v['delta'][1]:.3f} | "
-              f"{v['best']:.3f} | {v['well']:.3f} ({v['well_min']:.3f}) | "
+              f"{v['tail']:.3f} | {v['best']:.3f} | {v['well']:.3f} ({v['well_min']:.3f}) | "
               + " / ".join(f"{a:.3f}" for a in v["per_seed"]) + " |")
     print("\n| target | measured | met? |\n|---|---|---|")
     for t, m, ok in targets(st):
