@@ -82,18 +82,35 @@ def run_demo(out: str | os.PathLike, settings: DemoSettings = DemoSettings(), ov
 
     Returns the results dict. Raises RunExistsError if ``out`` is not empty and not ``overwrite``.
     """
-    from hybridrl.algos import get_algo
-    from hybridrl.text.corpus import read_corpus, write_corpus
-    from hybridrl.text.loops import fit
-    from hybridrl.text.policy import CausalLMPolicy, tokenizer_hash
-    from hybridrl.text.tasks import AdditionTask, evaluate, rollout
-    from hybridrl.text.tiny import build_tiny_model
-
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise RunExistsError(f"demo output {out} is not empty; pass --overwrite")
     out.mkdir(parents=True, exist_ok=True)
-    s = settings
+    t_start = time.perf_counter()
+    prep = prepare(out, settings, log=log)
+    results = {"settings": asdict(settings), "start": prep["start"], "corpus_rows": len(prep["corpus"]),
+               "corpus_correct": prep["corpus_correct"], "runs": {}}
+    for name, data, algo, overrides in METHODS:
+        results["runs"][name] = run_method(prep, data, algo, overrides, settings)
+        r = results["runs"][name]
+        log(f"{name:34s} accuracy {r['accuracy']:.3f}  well-formed {r['well_formed']:.3f}  "
+            f"[{time.perf_counter() - t_start:.0f} s]")
+    results["seconds"] = time.perf_counter() - t_start
+    _write_report(out, results)
+    return results
+
+
+def prepare(out: Path, s: DemoSettings, log=print) -> dict:
+    """Steps 1–2 of the demo in ``out``: a tiny model, SFT on the partly wrong teacher, a logged corpus of the SFT
+    policy (T = 1, ±1 rewards). Returns ``{"task", "eval_problems", "sft_dir", "corpus", "start",
+    "corpus_correct"}`` for :func:`run_method`."""
+    from hybridrl.algos import get_algo
+    from hybridrl.text.corpus import read_corpus, write_corpus
+    from hybridrl.text.loops import fit
+    from hybridrl.text.policy import tokenizer_hash
+    from hybridrl.text.tasks import AdditionTask, evaluate, rollout
+    from hybridrl.text.tiny import build_tiny_model
+
     t_start = time.perf_counter()
     task = AdditionTask(max_operand=s.max_operand)
     rng = np.random.default_rng(s.seed)
@@ -118,33 +135,41 @@ def run_demo(out: str | os.PathLike, settings: DemoSettings = DemoSettings(), ov
                                tokenizer_hash=tokenizer_hash(sft_dir), model_hash=sft.policy.model_hash(),
                                temperature=1.0, top_p=1.0, task="addition", overwrite=True)
     corpus, _ = read_corpus(corpus_path, tokenizer_hash(sft_dir), sft.policy.pad_id)
-    log(f"corpus: {len(corpus)} completions, {float((corpus.reward > 0).float().mean()):.2f} correct")
+    correct = float((corpus.reward > 0).float().mean())
+    log(f"corpus: {len(corpus)} completions, {correct:.2f} correct")
+    return {"task": task, "eval_problems": eval_problems, "sft_dir": sft_dir, "corpus": corpus, "start": start,
+            "corpus_correct": correct}
 
-    # 3. the learners, each from the SFT weights
-    results = {"settings": asdict(s), "start": start, "corpus_rows": len(corpus),
-               "corpus_correct": float((corpus.reward > 0).float().mean()), "runs": {}}
-    for name, data, algo, overrides in METHODS:
-        spec = get_algo(algo)
-        cfg = spec.config_cls(model=str(sft_dir), lr=s.rl_lr if algo == "text_pg" else s.pair_lr,
-                              batch_prompts=s.batch_prompts, group_size=s.group_size, eval_every=s.eval_every,
-                              eval_problems=s.eval_problems)
-        cfg = replace(cfg, **overrides)
-        policy = CausalLMPolicy.load(sft_dir, reference=algo == "text_pair")
-        learner = spec.make(cfg, seed=s.seed, policy=policy)
-        t0 = time.perf_counter()
-        rows = fit(learner, s.rl_steps, task=task, corpus=corpus if data == "corpus" else None, seed=s.seed,
-                   eval_problems=eval_problems)
-        curve = [(r["step"], r["eval/accuracy"], r["eval/well_formed"]) for r in rows if "eval/accuracy" in r]
-        final = curve[-1]
-        tps = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r]
-        results["runs"][name] = {"data": data, "algo": algo, "config": overrides, "curve": curve,
-                                 "accuracy": final[1], "well_formed": final[2],
-                                 "best_accuracy": max(c[1] for c in curve),
-                                 "seconds": time.perf_counter() - t0, "train_tokens_per_s": tps[-1] if tps else 0.0}
-        log(f"{name:34s} accuracy {final[1]:.3f}  well-formed {final[2]:.3f}  [{time.perf_counter() - t_start:.0f} s]")
-    results["seconds"] = time.perf_counter() - t_start
-    _write_report(out, results)
-    return results
+
+def run_method(prep: dict, data: str, algo: str, overrides: dict, s: DemoSettings,
+               corpus: SequenceBatch | None = None) -> dict:
+    """Step 3 of the demo for one learner: ``algo`` with ``overrides`` from the SFT weights of ``prep`` (from
+    :func:`prepare`) for ``s.rl_steps`` updates, on the logged corpus (``data="corpus"``; ``corpus`` replaces it) or
+    online (``data="online"``). ``overrides`` may set ``lr`` (default ``s.rl_lr``, or ``s.pair_lr`` for DPO).
+    Returns ``{"curve": [(step, accuracy, well_formed)], "accuracy", "well_formed", "best_accuracy", ...}``."""
+    from hybridrl.algos import get_algo
+    from hybridrl.text.loops import fit
+    from hybridrl.text.policy import CausalLMPolicy
+
+    spec = get_algo(algo)
+    cfg = spec.config_cls(model=str(prep["sft_dir"]), lr=s.rl_lr if algo == "text_pg" else s.pair_lr,
+                          batch_prompts=s.batch_prompts, group_size=s.group_size, eval_every=s.eval_every,
+                          eval_problems=s.eval_problems)
+    cfg = replace(cfg, **overrides)
+    policy = CausalLMPolicy.load(prep["sft_dir"], reference=algo == "text_pair")
+    learner = spec.make(cfg, seed=s.seed, policy=policy)
+    if data == "corpus":
+        corpus = prep["corpus"] if corpus is None else corpus
+    else:
+        corpus = None
+    t0 = time.perf_counter()
+    rows = fit(learner, s.rl_steps, task=prep["task"], corpus=corpus, seed=s.seed, eval_problems=prep["eval_problems"])
+    curve = [(r["step"], r["eval/accuracy"], r["eval/well_formed"]) for r in rows if "eval/accuracy" in r]
+    final = curve[-1]
+    tps = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r]
+    return {"data": data, "algo": algo, "config": overrides, "curve": curve, "accuracy": final[1],
+            "well_formed": final[2], "best_accuracy": max(c[1] for c in curve),
+            "seconds": time.perf_counter() - t0, "train_tokens_per_s": tps[-1] if tps else 0.0}
 
 
 def _write_report(out: Path, results: dict) -> None:
