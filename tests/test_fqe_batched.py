@@ -96,3 +96,17 @@ def test_mismatched_candidate_is_named(chain_data):
     pols = [*candidates(1), CategoricalPolicy(5, 3, hidden=(16,))]
     with pytest.raises(ShapeError, match=r"candidate 1 .*3 actions"):
         fit_batched(chain_data, pols, CFG, max_steps=5)
+
+
+def test_evaluate_ope_batches_by_default_with_the_same_values(chain_data):
+    """evaluate_ope fits the candidates' FQE together by default; fqe_batch=False gives the same (discrete) values."""
+    from hybridrl.ope import evaluate_ope
+
+    pols = dict(zip(("a", "b"), candidates(2)))
+    kw = dict(estimators=("fqe", "dr"), gamma=0.9, fqe_steps=60, fqe_config=CFG, n_boot=50)
+    on, off = evaluate_ope(chain_data, pols, **kw), evaluate_ope(chain_data, pols, fqe_batch=False, **kw)
+    for n in pols:
+        for e in ("fqe", "dr"):
+            assert on[n][e].estimate == pytest.approx(off[n][e].estimate, abs=1e-5)
+            assert on[n][e].diagnostics["fqe_steps"] == off[n][e].diagnostics["fqe_steps"] == 60
+    assert abs(on["a"]["fqe"].estimate - on["b"]["fqe"].estimate) > 1e-3

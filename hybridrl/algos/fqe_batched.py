@@ -39,8 +39,15 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from hybridrl.algos.fqe import FQEConfig, FQEFitReport, FQELearner, check_values, default_max_steps, fit_report, \
-    split_episodes
+from hybridrl.algos.fqe import (
+    FQEConfig,
+    FQEFitReport,
+    FQELearner,
+    check_values,
+    default_max_steps,
+    fit_report,
+    split_episodes,
+)
 from hybridrl.errors import ConfigError, DivergenceError, ShapeError
 from hybridrl.nn import Policy, policy_matches_spaces
 
