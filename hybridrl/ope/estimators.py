@@ -352,7 +352,7 @@ def evaluate_ope(dataset: Dataset, policies: dict[str, Policy],
     ``cvar_alpha``: see :func:`estimate_value`; DualDICE/MWL/MQL fits are shared between a policy's estimators.
     With ``progress``, each stage is announced on stderr and FQE shows a progress bar.
     ``workers``: fit the candidates in parallel as Ray tasks (:func:`hybridrl.scale.ope.evaluate_parallel`, local
-    runtime or ``address``); the results are identical to the sequential ones; each task fits its own FQE.
+    runtime or ``address``); each task fits its own FQE, so the results are identical to ``fqe_batch=False``.
     ``fqe_batch`` (default): with two or more candidates (and no ``workers``), their FQE critics are fitted together
     (:func:`hybridrl.algos.fqe_batched.fit_fqe_batched`: the sequential fits' initialisation and minibatches, all
     Q-networks stacked; same values for discrete actions, target-action sampling noise for continuous ones).
