@@ -56,34 +56,35 @@ def candidates(dataset, k: int):
     return pols
 
 
-def layers(k: int = 10, reps: int = 200) -> dict:
-    """One update (forward, backward, Adam) of K MLPs (5+2 -> 256 -> 256 -> 1) on a shared batch of 256, ms."""
+def layers(hidden: tuple[int, int], k: int = 10, reps: int = 200) -> dict:
+    """One update (forward, backward, Adam) of K MLPs (4 -> hidden -> 2, CartPole's Q-network) on a shared batch of
+    256, ms."""
     from torch.func import functional_call, stack_module_state, vmap
 
     from hybridrl.nn import mlp
 
     torch.manual_seed(0)
-    nets = [mlp(7, 1, (256, 256), "relu") for _ in range(k)]
-    x, y = torch.randn(256, 7), torch.randn(256)
+    nets = [mlp(4, 2, hidden, "relu") for _ in range(k)]
+    x, y = torch.randn(256, 4), torch.randn(256, 2)
     opt_sep = torch.optim.Adam([p for n in nets for p in n.parameters()], lr=3e-4)
 
     def separate():
-        loss = sum(((n(x).squeeze(-1) - y) ** 2).mean() for n in nets)
+        loss = sum(((n(x) - y) ** 2).mean() for n in nets)
         opt_sep.zero_grad()
         loss.backward()
         opt_sep.step()
 
     params, buffers = stack_module_state(nets)
     params = {n: p.detach().clone().requires_grad_() for n, p in params.items()}
-    base = mlp(7, 1, (256, 256), "relu").to("meta")
+    base = mlp(4, 2, hidden, "relu").to("meta")
     opt_vm = torch.optim.Adam(params.values(), lr=3e-4)
 
     def fmodel(p, b, inp):
         return functional_call(base, (p, b), (inp,))
 
     def vmapped():
-        out = vmap(fmodel, in_dims=(0, 0, None))(params, buffers, x).squeeze(-1)  # [K, B]
-        loss = ((out - y) ** 2).mean(-1).sum()
+        out = vmap(fmodel, in_dims=(0, 0, None))(params, buffers, x)  # [K, B, 2]
+        loss = ((out - y) ** 2).mean((1, 2)).sum()
         opt_vm.zero_grad()
         loss.backward()
         opt_vm.step()
@@ -98,8 +99,8 @@ def layers(k: int = 10, reps: int = 200) -> dict:
     xk = x.unsqueeze(0).expand(k, -1, -1)
 
     def bmm():
-        out = BatchedQ.forward(stacked, xk, torch.relu).squeeze(-1)
-        loss = ((out - y) ** 2).mean(-1).sum()
+        out = BatchedQ.forward(stacked, xk, torch.relu)
+        loss = ((out - y) ** 2).mean((1, 2)).sum()
         opt_bmm.zero_grad()
         loss.backward()
         opt_bmm.step()
@@ -129,7 +130,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     if args.layers:
-        save_json({"machine": machine(1), "layers": layers()}, args.out)
+        res = {h: layers(tuple(int(x) for x in h.split(","))) for h in ("256,256", "64,64")}
+        save_json({"machine": machine(1), "layers": res}, args.out)
         return
 
     from hybridrl.algos.fqe import FQEConfig, fit
@@ -146,15 +148,30 @@ def main() -> None:
 
     # (a) IS family
     is_res, is_time = {}, {}
-    for est in () if args.skip_is else ("pdis", "snpdis", "tis", "sntis"):
+    core_names = ("pdis", "snpdis", "tis", "sntis")
+    for est in () if args.skip_is else core_names:
         vals, wall, cpu = timed(lambda est=est: {n: estimate_value(est, ds, p, args.gamma, seed=0)
                                                  for n, p in pols.items()})
         is_res[est] = {n: [r.estimate, r.ci_low, r.ci_high, r.degenerate] for n, r in vals.items()}
         is_time[est] = {"wall_s": wall, "cpu_s": cpu}
         print(est, is_time[est], flush=True)
+    if not args.skip_is:  # where the time goes: log-ratios once per candidate, then the pure [E, T] estimators
+        from hybridrl.ope import core, episode_arrays, importance_weights
+
+        parts = {"log_ratio_s": 0.0, "episode_arrays_s": 0.0, **{f"{e}_point_s": 0.0 for e in core_names}}
+        for p in pols.values():
+            lr, _, c = timed(lambda p=p: importance_weights(ds, p))
+            parts["log_ratio_s"] += c
+            (arr, _, c) = timed(lambda lr=lr: (episode_arrays(ds, lr), episode_arrays(ds, ds.rewards)[0]))
+            parts["episode_arrays_s"] += c
+            for e in core_names:
+                parts[f"{e}_point_s"] += timed(
+                    lambda e=e, arr=arr: getattr(core, e)(arr[0][0], arr[1], arr[0][1], args.gamma))[2]
+        is_time["breakdown_cpu_s_all_candidates"] = parts
+        print("breakdown", parts, flush=True)
     out["is"] = {"estimates": is_res, "time": is_time,
-                 "total_wall_s": sum(t["wall_s"] for t in is_time.values()),
-                 "total_cpu_s": sum(t["cpu_s"] for t in is_time.values())}
+                 "total_wall_s": sum(is_time[e]["wall_s"] for e in is_res),
+                 "total_cpu_s": sum(is_time[e]["cpu_s"] for e in is_res)}
 
     # (b) FQE: sequential vs batched, same steps, no early stop, alternating
     cfg = FQEConfig(gamma=args.gamma, hidden=tuple(int(h) for h in args.hidden.split(",")))

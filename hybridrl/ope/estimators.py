@@ -404,7 +404,7 @@ def evaluate_ope(dataset: Dataset, policies: dict[str, Policy],
     if fqe_batch and len(policies) > 1 and any(e in _NEEDS_FQE for e in estimators):
         from hybridrl.algos.fqe_batched import fit_fqe_batched
 
-        say(f"fitting FQE for the {len(policies)} candidates together (batched; fqe_batch=False fits them in turn)")
+        say(f"fitting FQE for the {len(policies)} candidates together (batched; --no-fqe-batch fits them in turn)")
         fqes = fit_fqe_batched(dataset, policies, gamma, fqe_config, fqe_steps, seed, progress)
     return {pname: job(dataset, p_idx, pname, policy, fqes.get(pname))
             for p_idx, (pname, policy) in enumerate(policies.items())}
