@@ -12,9 +12,10 @@ stacked parameters is K independent Adams: the batched fit is K fits of :func:`h
 Implementation details:
     1. The K Q-networks are held as stacked weights ``W_l [K, out, in]``, ``b_l [K, out]`` and run with
        ``torch.baddbmm`` (one batched matrix product per layer for all candidates). Measured on this machine's CPU
-       (one thread, hidden (256, 256), batch 256, K = 10): 10.1 ms per update with baddbmm against 11.6 ms with
-       ``torch.func.stack_module_state`` + ``functional_call`` + ``vmap`` and 23.4 ms for 10 separate modules
-       (``benchmarks/fqe_batched.py --layers``), so the batched linear layers are kept.
+       (one thread, K = 10 CartPole Q-networks, batch 256, forward + backward + Adam; ``benchmarks/fqe_batched.py
+       --layers``): hidden (64, 64) 3.5 ms per update with baddbmm, 4.6 ms with ``torch.func.stack_module_state`` +
+       ``functional_call`` + ``vmap``, 11.4 ms with 10 separate modules; hidden (256, 256) 25.7, 26.2 and 27.3 ms
+       (the matrix products dominate there). The batched linear layers are kept.
     2. One minibatch per step is shared by all K candidates. Each candidate's fit has the same expectation as with
        its own minibatches; only the sampling noise becomes correlated between candidates. Every candidate starts
        from the initialisation ``FQELearner(..., seed=seed)`` and sees the minibatch sequence of
