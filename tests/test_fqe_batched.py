@@ -9,7 +9,7 @@ import torch
 from rollouts import collect
 
 from hybridrl.algos.fqe import FQEConfig, fit
-from hybridrl.algos.fqe_batched import fit_batched
+from hybridrl.algos.fqe_batched import _stacked_categorical, fit_batched
 from hybridrl.data.dataset import Dataset
 from hybridrl.envs.toy import ChainEnv, TabularPolicy
 from hybridrl.errors import ShapeError
@@ -43,6 +43,8 @@ def all_q(learner, data: Dataset) -> np.ndarray:
 def test_batched_equals_sequential_fits(chain_data):
     """K=3 discrete candidates: same init, split and minibatches -> the same Q-values as 3 calls of fit()."""
     pols = candidates(3)
+    assert _stacked_categorical(pols) is not None  # the stacked policy pass is what is checked here
+    assert _stacked_categorical([*pols, TabularPolicy(np.full((5, 2), 0.5))]) is None
     kw = dict(max_steps=120, seed=4, check_every=40, min_steps=10**9)
     batched = fit_batched(chain_data, pols, CFG, **kw)
     qs = []

@@ -24,6 +24,9 @@ Implementation details:
        reproduces the sequential fits to float rounding; with continuous actions the sampled target actions a' come
        from the global torch RNG in a different order, so the fits differ by that sampling noise (identical for K=1).
     3. Each candidate's target actions come from its own policy; Q_k reads observations through pi_k's ``obs_norm``.
+       When all candidates are ``CategoricalPolicy`` networks of one architecture, their logits networks are stacked
+       as well and ``pi_k(.|s')`` is computed in one batched pass (softmax of the logits; otherwise one
+       ``policy.distribution`` call per candidate and step).
     4. Per-candidate convergence: the held-out check and stop rule of :func:`~hybridrl.algos.fqe.fit` run for each
        candidate. A converged candidate is frozen: its weights at its stop step go into its learner and it is
        dropped from the stacked parameters (and Adam's state), so later steps cost less.
@@ -117,6 +120,21 @@ def _norm(policy: Policy, obs: torch.Tensor) -> torch.Tensor:
     return norm(obs) if norm is not None else obs
 
 
+def _stacked_categorical(policies: Sequence[Policy]) -> list[torch.Tensor] | None:
+    """The logits networks stacked like :class:`BatchedQ` when every candidate is a ``CategoricalPolicy`` with the
+    same architecture (detail 3), else None."""
+    from hybridrl.nn import CategoricalPolicy
+
+    if not all(type(p) is CategoricalPolicy and p.kwargs == policies[0].kwargs for p in policies):
+        return None
+    layers = [[m for m in p.logits if isinstance(m, torch.nn.Linear)] for p in policies]
+    out = []
+    for i in range(len(layers[0])):
+        out.append(torch.stack([ls[i].weight.detach() for ls in layers]).clone())
+        out.append(torch.stack([ls[i].bias.detach() for ls in layers]).clone())
+    return out
+
+
 class _Batch:
     """One update of the active candidates on a shared minibatch (implementation details 2, 3 and 5)."""
 
@@ -124,6 +142,9 @@ class _Batch:
         self.learners, self.q, self.config = learners, q, config
         self.discrete = learners[0].discrete
         self.optimizer = torch.optim.Adam(q.params, lr=config.lr)
+        self.pi = _stacked_categorical([ln.policy for ln in learners]) if self.discrete else None
+        if self.pi is not None:
+            self.pi_act = torch.tanh if learners[0].policy.kwargs["activation"] == "tanh" else torch.relu
 
     def select(self, keep: list[int]) -> None:
         """Drop the candidates not in ``keep`` (rows of the current active set) with their Adam state."""
@@ -131,6 +152,8 @@ class _Batch:
         state = [self.optimizer.state.get(p, {}) for p in old]
         self.q.select(keep)
         self.learners = [self.learners[i] for i in keep]
+        if self.pi is not None:
+            self.pi = [t[torch.as_tensor(keep, dtype=torch.long)] for t in self.pi]
         self.optimizer = torch.optim.Adam(self.q.params, lr=self.config.lr)
         idx = torch.as_tensor(keep, dtype=torch.long)
         for p, st in zip(self.q.params, state):
@@ -152,7 +175,10 @@ class _Batch:
         """``E_{a' ~ pi_k} Qbar_k(s', a')`` -> ``[K, B]`` (continuous: mean of ``target_action_samples``)."""
         if self.discrete:
             q_all = BatchedQ.forward(self.q.target, next_n, self.q.act)
-            probs = torch.stack([ln.policy.distribution(next_obs).probs.to(q_all.dtype) for ln in self.learners])
+            if self.pi is not None:  # pi_k(.|s') = softmax(logits_k(norm_k(s'))), norm_k = the one Q_k reads through
+                probs = torch.softmax(BatchedQ.forward(self.pi, next_n, self.pi_act), -1).to(q_all.dtype)
+            else:
+                probs = torch.stack([ln.policy.distribution(next_obs).probs.to(q_all.dtype) for ln in self.learners])
             return (probs * q_all).sum(-1)
         n, (k, b, d) = self.config.target_action_samples, next_n.shape
         acts = []
