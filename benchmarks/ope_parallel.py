@@ -83,7 +83,7 @@ def main() -> None:
                 "--json", *[x for c in cands for x in ("--policy", str(c))]]
         seq, par, same, diffs = [], [], [], []
         for _ in range(a.pairs):
-            t_seq, r_seq = run(base)
+            t_seq, r_seq = run([*base, "--no-fqe-batch"])  # per-candidate fits, as each Ray task does
             t_par, r_par = run([*base, "--workers", str(a.workers)])
             seq.append(t_seq)
             par.append(t_par)

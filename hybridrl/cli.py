@@ -237,6 +237,7 @@ def ope_cmd(
                                                                         "(needs hybridrl[ray]); same results."),
     address: str | None = typer.Option(None, "--address", help="Ray cluster for --workers: 'auto' or HOST:PORT "
                                                                "(default: a local runtime on 127.0.0.1)."),
+    fqe_batch: bool = typer.Option(True, "--fqe-batch/--no-fqe-batch", help="Fit the candidates' FQE together."),
 ) -> None:
     """Estimate candidate policies' values from logged data and select the top-k by the first usable estimator.
 
@@ -268,7 +269,7 @@ def ope_cmd(
     results = evaluate_ope(ds, policies, estimators=ests, gamma=gamma, fqe_steps=fqe_steps, seed=seed,
                            progress=True, ci=ci, clip=clip, min_ess=min_ess, bandwidth=bandwidth,
                            cvar_alpha=cvar_alpha, weight_config=WeightConfig(steps=weight_steps), workers=workers,
-                           address=address)
+                           address=address, fqe_batch=fqe_batch)
     by, usable, why = pick_estimator(results, ests[0], ests)
     selection = select({n: results[n][by] for n in names}, k=min(k, len(names)), true_values=truth)
     out = {"estimates": {n: {e: r.to_dict() for e, r in results[n].items()} for n in names},

@@ -44,14 +44,14 @@ SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _SECTIONS = {  # key -> (type, required keys, optional keys) of each mapping section
     "behavior": ({"steps"}, {"algo", "set"}),
     "collect": ({"parts"}, {"name"}),
-    "ope": (set(), {"estimators", "fqe_steps", "fqe", "eval_episodes", "ci"}),
+    "ope": (set(), {"estimators", "fqe_steps", "fqe", "eval_episodes", "ci", "fqe_batch"}),
     "select": (set(), {"by", "k"}),
     "finetune": ({"steps"}, {"algo", "mix_offline", "set", "eval_points"}),
 }
 _TYPES = {"env_id": str, "seed": int, "gamma": float, "algo": str, "steps": int, "set": list, "name": str,
           "parts": list, "policy": str, "action_noise": float, "epsilon": float, "estimators": list,
           "fqe_steps": int, "fqe": dict, "eval_episodes": int, "by": str, "k": int, "mix_offline": bool, "ci": str,
-          "eval_points": int}
+          "eval_points": int, "fqe_batch": bool}
 _PART_KEYS = {"policy", "steps", "action_noise", "epsilon"}
 
 
@@ -211,7 +211,7 @@ def _run_stages(run: RunDir, cfg: dict, source: str, progress: bool) -> None:
     fqe_steps = ope_cfg.get("fqe_steps")  # None: a budget that fits the discount horizon, with an early stop
     results = evaluate_ope(dataset, policies, estimators=estimators, gamma=gamma, fqe_config=fqe_config,
                            fqe_steps=None if fqe_steps is None else int(fqe_steps), seed=seed, progress=progress,
-                           ci=ope_cfg.get("ci", "bootstrap"))
+                           ci=ope_cfg.get("ci", "bootstrap"), fqe_batch=ope_cfg.get("fqe_batch", True))
     n_eval = int(ope_cfg.get("eval_episodes", 10))
     truth = {n: evaluate_policy(policies[n], env_id, n_eval, seed=50_000, deterministic=False, gamma=gamma)
              for n in names}

@@ -46,6 +46,7 @@ def test_tiny_pipeline_runs_end_to_end(tmp_path):
     ({"select": {"by": "dr"}}, "select.by"),
     ({"finetune": {"steps": 10, "set": ["lr=nan"]}}, "finetune.set"),
     ({"collect": {"parts": [{"steps": 10, "policy": "random", "noise": 1}]}}, "collect.parts[0]"),
+    ({"ope": {"fqe_batch": "yes"}}, "ope.fqe_batch"),
 ])
 def test_pipeline_config_errors_name_the_field(change, fragment, tmp_path):
     with pytest.raises(ConfigError, match=re.escape(fragment)):

@@ -30,7 +30,7 @@ def test_ope_workers_equal_sequential(ray_runtime, tmp_path):
         assert result.exit_code == 0, result.output
         return result.stdout, result.stderr
 
-    sequential, _ = run()
+    sequential, _ = run("--no-fqe-batch")  # one FQE fit per candidate, as each Ray task does
     parallel, log = run("--workers", "2")
     assert "Ray tasks on 2 workers" in log
     assert parallel == sequential  # the JSON text: every estimate, interval and diagnostic, exactly (NaN included)

@@ -239,6 +239,38 @@ def fit(dataset, policy: Policy, config: FQEConfig, max_steps: int | None = None
     min_steps = 2 * check_every if min_steps is None else int(min_steps)
     learner = FQELearner(config, dataset.observation_space, dataset.action_space, seed=seed, policy=policy)
     rng = np.random.default_rng(seed)
+    train_rows, held, s0, n_held = split_episodes(dataset, rng, heldout_fraction)
+    rho = float(np.exp(-(1.0 - config.gamma) * config.tau))
+    history, passes, remaining, converged, step, q_loss = [], 0, float("inf"), False, 0, float("nan")
+    for step in range(1, max_steps + 1):
+        batch = dataset.transitions(train_rows[rng.integers(0, len(train_rows), size=config.batch_size)])
+        q_loss = learner.update(batch)["q_loss"]
+        if not np.isfinite(q_loss):
+            raise DivergenceError(f"fit_fqe: TD loss became {q_loss} at step {step}; lower the learning rate or "
+                                  "check the rewards")
+        if step % check_every and step != max_steps:
+            continue
+        v0, bellman = check_values(learner, s0, held)
+        if history:
+            k = step - history[-1][0]
+            remaining = abs(v0 - history[-1][1]) * rho**k / max(1.0 - rho**k, 1e-12)
+            passes = passes + 1 if remaining < tol * max(abs(v0), 1.0) else 0
+        history.append((step, v0, bellman, float(q_loss)))
+        if on_check is not None:
+            on_check(step, max_steps, history[-1])
+        if passes >= 2 and step >= min_steps:
+            converged = True
+            break
+    return learner, fit_report(converged, step if max_steps else 0, max_steps, remaining, history, n_held,
+                               check_every, config, tol)
+
+
+def split_episodes(dataset, rng: np.random.Generator, heldout_fraction: float):
+    """:func:`fit`'s split: ``(train_rows [M] int, held-out Transitions (<= 20,000 rows), s0 [E, obs_dim], n_held)``.
+
+    Episodes are permuted with ``rng`` (one ``permutation`` call); with fewer than two episodes, or
+    ``heldout_fraction`` 0, the check uses the first 20,000 training rows.
+    """
     starts = np.asarray(dataset.episode_starts)
     n_ep = len(starts) - 1
     n_held = int(round(heldout_fraction * n_ep)) if n_ep >= 2 else 0
@@ -251,35 +283,25 @@ def fit(dataset, policy: Policy, config: FQEConfig, max_steps: int | None = None
 
     train_rows = rows(train_ep)
     held_rows = rows(held_ep)[:20_000] if n_held else train_rows[:20_000]
-    held = dataset.transitions(held_rows)
     s0 = torch.as_tensor(np.asarray(dataset.observations, dtype=np.float32)[starts[:-1]])
-    rho = float(np.exp(-(1.0 - config.gamma) * config.tau))
-    history, passes, remaining, converged, step, q_loss = [], 0, float("inf"), False, 0, float("nan")
-    for step in range(1, max_steps + 1):
-        batch = dataset.transitions(train_rows[rng.integers(0, len(train_rows), size=config.batch_size)])
-        q_loss = learner.update(batch)["q_loss"]
-        if not np.isfinite(q_loss):
-            raise DivergenceError(f"fit_fqe: TD loss became {q_loss} at step {step}; lower the learning rate or "
-                                  "check the rewards")
-        if step % check_every and step != max_steps:
-            continue
-        with torch.no_grad():
-            v0 = float(learner.value(s0).mean())
-            y = held.reward + config.gamma * (~held.terminated).float() * learner.value(held.next_obs)
-            bellman = float(((learner.q(held.obs, held.action) - y) ** 2).mean())
-        if history:
-            k = step - history[-1][0]
-            remaining = abs(v0 - history[-1][1]) * rho**k / max(1.0 - rho**k, 1e-12)
-            passes = passes + 1 if remaining < tol * max(abs(v0), 1.0) else 0
-        history.append((step, v0, bellman, float(q_loss)))
-        if on_check is not None:
-            on_check(step, max_steps, history[-1])
-        if passes >= 2 and step >= min_steps:
-            converged = True
-            break
+    return train_rows, dataset.transitions(held_rows), s0, n_held
+
+
+@torch.no_grad()
+def check_values(learner: FQELearner, s0: torch.Tensor, held: Transitions) -> tuple[float, float]:
+    """``(mean Vhat(s_0), held-out mean squared Bellman residual)`` of a learner (:func:`fit`'s check)."""
+    gamma = learner.config.gamma
+    v0 = float(learner.value(s0).mean())
+    y = held.reward + gamma * (~held.terminated).float() * learner.value(held.next_obs)
+    return v0, float(((learner.q(held.obs, held.action) - y) ** 2).mean())
+
+
+def fit_report(converged: bool, steps: int, max_steps: int, remaining: float, history: list, n_held: int,
+               check_every: int, config: FQEConfig, tol: float) -> FQEFitReport:
+    """The :class:`FQEFitReport` of a fit that ran ``steps`` steps, with its warnings (shared by the batched fit)."""
     last = history[-1] if history else (0, float("nan"), float("nan"), float("nan"))
     b_min = min((h[2] for h in history), default=float("nan"))
-    report = FQEFitReport(converged, step if max_steps else 0, max_steps, remaining, last[1], last[2], b_min,
+    report = FQEFitReport(converged, steps, max_steps, remaining, last[1], last[2], b_min,
                           n_held, history)
     if not converged and len(history) < 2:
         report.warnings.append(f"FQE did not converge: {report.steps} steps are too few for the convergence check "
@@ -295,7 +317,7 @@ def fit(dataset, policy: Policy, config: FQEConfig, max_steps: int | None = None
     if history and np.isfinite(b_min) and last[2] > 1.5 * b_min + 1e-12:
         report.warnings.append(f"FQE held-out Bellman error rose from its minimum {b_min:.3g} to {last[2]:.3g} "
                                "(over-fitting or instability)")
-    return learner, report
+    return report
 
 
 from hybridrl.algos import register  # noqa: E402  (registration is the last statement of the file)

@@ -340,7 +340,7 @@ def evaluate_ope(dataset: Dataset, policies: dict[str, Policy],
                  ci: str = "bootstrap", clip: float | None = None, min_ess: float = core.MIN_ESS,
                  value_range: tuple[float, float] | None = None, weight_config=None,
                  bandwidth: float = extended.DEFAULT_BANDWIDTH, cvar_alpha: float = 0.1, workers: int | None = None,
-                 address: str | None = None) -> dict[str, dict[str, OPEResult]]:
+                 address: str | None = None, fqe_batch: bool = True) -> dict[str, dict[str, OPEResult]]:
     """Estimate the value of each policy with each estimator.
 
     One FQE critic is fitted per policy (when "fqe", "dr" or "sndr" is asked; ``fqe_steps`` is its budget, default
@@ -352,7 +352,10 @@ def evaluate_ope(dataset: Dataset, policies: dict[str, Policy],
     ``cvar_alpha``: see :func:`estimate_value`; DualDICE/MWL/MQL fits are shared between a policy's estimators.
     With ``progress``, each stage is announced on stderr and FQE shows a progress bar.
     ``workers``: fit the candidates in parallel as Ray tasks (:func:`hybridrl.scale.ope.evaluate_parallel`, local
-    runtime or ``address``); the results are identical to the sequential ones.
+    runtime or ``address``); each task fits its own FQE, so the results are identical to ``fqe_batch=False``.
+    ``fqe_batch`` (default): with two or more candidates (and no ``workers``), their FQE critics are fitted together
+    (:func:`hybridrl.algos.fqe_batched.fit_fqe_batched`: the sequential fits' initialisation and minibatches, all
+    Q-networks stacked; same values for discrete actions, target-action sampling noise for continuous ones).
 
     Returns: ``{policy_name: {estimator: OPEResult}}``.
     Raises: ConfigError for an unknown estimator/interval (the message lists the valid ones) or no policies;
@@ -397,7 +400,14 @@ def evaluate_ope(dataset: Dataset, policies: dict[str, Policy],
 
         say(f"{len(policies)} candidates as Ray tasks on {workers} workers (the dataset goes to the object store once)")
         return evaluate_parallel(dataset, policies, job, workers, address)
-    return {pname: job(dataset, p_idx, pname, policy) for p_idx, (pname, policy) in enumerate(policies.items())}
+    fqes = {}
+    if fqe_batch and len(policies) > 1 and any(e in _NEEDS_FQE for e in estimators):
+        from hybridrl.algos.fqe_batched import fit_fqe_batched
+
+        say(f"fitting FQE for the {len(policies)} candidates together (batched; --no-fqe-batch fits them in turn)")
+        fqes = fit_fqe_batched(dataset, policies, gamma, fqe_config, fqe_steps, seed, progress)
+    return {pname: job(dataset, p_idx, pname, policy, fqes.get(pname))
+            for p_idx, (pname, policy) in enumerate(policies.items())}
 
 
 @dataclass
@@ -424,7 +434,8 @@ class _PolicyJob:
     bandwidth: float
     cvar_alpha: float
 
-    def __call__(self, dataset: Dataset, p_idx: int, pname: str, policy: Policy) -> dict[str, OPEResult]:
+    def __call__(self, dataset: Dataset, p_idx: int, pname: str, policy: Policy,
+                 fqe: FQELearner | None = None) -> dict[str, OPEResult]:
         from hybridrl.runs.progress import console
 
         estimators, gamma, seed, model, ci = self.estimators, self.gamma, self.seed, self.model, self.ci
@@ -438,8 +449,7 @@ class _PolicyJob:
             if progress:
                 console.print(f"[dim]ope:[/] {msg}")
 
-        fqe = None
-        if any(e in _NEEDS_FQE for e in estimators):
+        if fqe is None and any(e in _NEEDS_FQE for e in estimators):
             say(f"policy {pname} ({p_idx + 1}/{len(policies)}): fitting FQE")
             fqe = fit_fqe(dataset, policy, gamma, self.fqe_config, self.fqe_steps, seed, progress, name=f"fqe {pname}")
         say(f"policy {pname} ({p_idx + 1}/{len(policies)}): " + ", ".join(estimators) + f" with {ci} intervals")
