@@ -17,9 +17,9 @@ set to 1/3), CQL fixed alpha 5 with 10 importance-sampled actions per source (d3
 ``alpha_learning_rate=0`` so its Lagrange multiplier stays at 1, ``alpha_threshold`` only shifts the loss), twin
 critics, SAC temperature learned on both sides.
 
-``--profile`` adds, per algorithm and side, one extra worker run under ``torch.profiler`` that splits the update's
-CPU time into matrix products (forward and backward GEMMs), optimiser steps and everything else, and times the same
-GEMMs alone (the arithmetic floor: the fastest an update with these shapes can be on this thread).
+``--profile`` adds, per algorithm and side, one extra worker run (50 updates) under ``torch.profiler`` that splits
+the update's CPU time into matrix products (forward and backward GEMMs), optimiser steps and everything else, and
+times the same GEMMs alone (the arithmetic floor: the fastest an update with these shapes can be on this thread).
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ def time_updates(update, batches: list, steps: int, warmup: int, profile: bool) 
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
+    steps = min(steps, 50)  # the profiler keeps every event in memory: 300 CQL updates ran out of it
     with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         t0 = time.perf_counter()
         for i in range(steps):

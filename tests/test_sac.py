@@ -102,6 +102,27 @@ def test_tanh_policy_save_load_and_entropy_estimate(tmp_path):
     assert ent.shape == (5,) and torch.isfinite(ent).all()
 
 
+def test_tanh_policy_sample_n_matches_repeated_sample():
+    """sample_n (one forward pass, n draws per state) = sample on repeated rows in distribution; its log-densities
+    equal log_prob of the returned actions (the unsquash path, an independent formula)."""
+    torch.manual_seed(0)
+    pol = TanhGaussianPolicy(3, 2, (8,), action_low=[-2, 0], action_high=[2, 1])
+    with torch.no_grad():
+        pol.mean_head.weight.mul_(10.0)  # state-dependent means, so that a wrong broadcast shows
+    obs = 5.0 * torch.randn(4, 3)
+    a, logp = pol.sample_n(obs, 4000)
+    assert a.shape == (4, 4000, 2) and logp.shape == (4, 4000)
+    ref = pol.log_prob(obs.repeat_interleave(5, 0), a[:, :5].reshape(20, 2)).reshape(4, 5)
+    torch.testing.assert_close(logp[:, :5], ref, atol=2e-4, rtol=1e-4)
+    b, _ = pol.sample(obs.repeat_interleave(4000, 0))
+    b = b.reshape(4, 4000, 2)
+    se = (a.var(1) / 4000 + b.var(1) / 4000).sqrt()  # standard error of the difference of the two means
+    assert ((a.mean(1) - b.mean(1)).abs() < 5 * se).all(), (a.mean(1), b.mean(1), se)
+    torch.testing.assert_close(a.std(1), b.std(1), atol=0.05, rtol=0)
+    spread = a.mean(1).max(0).values - a.mean(1).min(0).values
+    assert (spread > 10 * se.max(0).values).any(), spread  # the states' means differ: the check can fail
+
+
 # ------------------------------------------------------------------------------------------------ learner
 def test_sac_learner_rejects_discrete_and_bad_config():
     with pytest.raises(ConfigError, match="Box"):

@@ -170,8 +170,11 @@ class CQLLearner:
         return torch.maximum(torch.minimum(action, self.high), self.low)
 
     def _policy_samples(self, obs: Tensor, n: int) -> tuple[Tensor, Tensor]:
-        """``n`` actions per state from pi(.|obs), no gradient: ``([B, n, |A|], log-density [B, n])``."""
+        """``n`` actions per state from pi(.|obs), no gradient: ``([B, n, |A|], log-density [B, n])``; one policy
+        forward pass on ``B`` rows when the policy has ``sample_n`` (TanhGaussianPolicy), else on ``B n`` rows."""
         with torch.no_grad():
+            if hasattr(self.policy, "sample_n"):
+                return self.policy.sample_n(obs, n)
             a, logp = self.policy.sample(obs.repeat_interleave(n, 0))
         return a.reshape(len(obs), n, -1), logp.reshape(len(obs), n)
 

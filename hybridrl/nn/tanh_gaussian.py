@@ -142,6 +142,15 @@ class TanhGaussianPolicy(Policy):
         u = mu if deterministic else mu + torch.randn_like(mu) * log_std.exp()
         return self._squash(u), squashed_log_prob(u, mu, log_std, self.log_scale)
 
+    def sample_n(self, obs: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` reparameterised actions per state from one forward pass: ``(actions [B, n, A], log pi [B, n])``
+        (what ``sample(obs.repeat_interleave(n, 0))`` gives in distribution, with the network run on ``B`` rows, not
+        ``B n``)."""
+        mu, log_std = self.params(obs)
+        mu, log_std = mu.unsqueeze(1), log_std.unsqueeze(1)
+        u = mu + torch.randn(mu.shape[0], n, mu.shape[-1], dtype=mu.dtype, device=mu.device) * log_std.exp()
+        return self._squash(u), squashed_log_prob(u, mu, log_std, self.log_scale)
+
     def log_prob(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         mu, log_std = self.params(obs)
         return squashed_log_prob(unsquash(action, self.action_scale, self.action_bias), mu, log_std, self.log_scale)
