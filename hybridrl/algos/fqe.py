@@ -231,12 +231,8 @@ def fit(dataset, policy: Policy, config: FQEConfig, max_steps: int | None = None
     """
     from hybridrl.errors import DivergenceError
 
-    max_steps = default_max_steps(config.gamma, config.tau) if max_steps is None else int(max_steps)
-    if max_steps < 0 or not 0.0 <= heldout_fraction < 1.0 or not tol > 0:
-        raise ConfigError(f"fqe.fit: need max_steps >= 0, 0 <= heldout_fraction < 1, tol > 0; got {max_steps}, "
-                          f"{heldout_fraction}, {tol}")
-    check_every = int(check_every or max(200, round(0.5 / config.tau)))
-    min_steps = 2 * check_every if min_steps is None else int(min_steps)
+    max_steps, check_every, min_steps = fit_schedule(config, max_steps, tol, check_every, heldout_fraction,
+                                                     min_steps, "fqe.fit")
     learner = FQELearner(config, dataset.observation_space, dataset.action_space, seed=seed, policy=policy)
     rng = np.random.default_rng(seed)
     train_rows, held, s0, n_held = split_episodes(dataset, rng, heldout_fraction)
@@ -263,6 +259,17 @@ def fit(dataset, policy: Policy, config: FQEConfig, max_steps: int | None = None
             break
     return learner, fit_report(converged, step if max_steps else 0, max_steps, remaining, history, n_held,
                                check_every, config, tol)
+
+
+def fit_schedule(config: FQEConfig, max_steps: int | None, tol: float, check_every: int | None,
+                 heldout_fraction: float, min_steps: int | None, where: str) -> tuple[int, int, int]:
+    """``(max_steps, check_every, min_steps)`` of a fit with :func:`fit`'s defaults; ConfigError names ``where``."""
+    max_steps = default_max_steps(config.gamma, config.tau) if max_steps is None else int(max_steps)
+    if max_steps < 0 or not 0.0 <= heldout_fraction < 1.0 or not tol > 0:
+        raise ConfigError(f"{where}: need max_steps >= 0, 0 <= heldout_fraction < 1, tol > 0; got {max_steps}, "
+                          f"{heldout_fraction}, {tol}")
+    check_every = int(check_every or max(200, round(0.5 / config.tau)))
+    return max_steps, check_every, 2 * check_every if min_steps is None else int(min_steps)
 
 
 def split_episodes(dataset, rng: np.random.Generator, heldout_fraction: float):

@@ -50,6 +50,7 @@ from hybridrl.algos.fqe import (
     check_values,
     default_max_steps,
     fit_report,
+    fit_schedule,
     split_episodes,
 )
 from hybridrl.errors import ConfigError, DivergenceError, ShapeError
@@ -232,12 +233,8 @@ def fit_batched(dataset, policies: Sequence[Policy], config: FQEConfig, max_step
         differ from the dataset's, named by index), DivergenceError (a candidate's TD loss becomes NaN or inf).
     """
     _check_candidates(dataset, policies)
-    max_steps = default_max_steps(config.gamma, config.tau) if max_steps is None else int(max_steps)
-    if max_steps < 0 or not 0.0 <= heldout_fraction < 1.0 or not tol > 0:
-        raise ConfigError(f"fqe.fit_batched: need max_steps >= 0, 0 <= heldout_fraction < 1, tol > 0; got "
-                          f"{max_steps}, {heldout_fraction}, {tol}")
-    check_every = int(check_every or max(200, round(0.5 / config.tau)))
-    min_steps = 2 * check_every if min_steps is None else int(min_steps)
+    max_steps, check_every, min_steps = fit_schedule(config, max_steps, tol, check_every, heldout_fraction,
+                                                     min_steps, "fqe.fit_batched")
     learners = [FQELearner(config, dataset.observation_space, dataset.action_space, seed=seed, policy=p)
                 for p in policies]
     rng = np.random.default_rng(seed)
