@@ -67,16 +67,8 @@ class BatchedQ:
     """
 
     def __init__(self, learners: Sequence[FQELearner], activation: str):
-        def stack(nets):
-            layers = [[m for m in net.net if isinstance(m, torch.nn.Linear)] for net in nets]
-            out = []
-            for i in range(len(layers[0])):
-                out.append(torch.stack([ls[i].weight.detach() for ls in layers]).clone())
-                out.append(torch.stack([ls[i].bias.detach() for ls in layers]).clone())
-            return out
-
-        self.params = [p.requires_grad_() for p in stack([ln.q_net for ln in learners])]
-        self.target = stack([ln.q_target.net for ln in learners])
+        self.params = [p.requires_grad_() for p in _stack_linears([ln.q_net.net for ln in learners])]
+        self.target = _stack_linears([ln.q_target.net.net for ln in learners])
         self.act = torch.relu if activation == "relu" else torch.tanh
 
     @staticmethod
@@ -128,7 +120,13 @@ def _stacked_categorical(policies: Sequence[Policy]) -> list[torch.Tensor] | Non
 
     if not all(type(p) is CategoricalPolicy and p.kwargs == policies[0].kwargs for p in policies):
         return None
-    layers = [[m for m in p.logits if isinstance(m, torch.nn.Linear)] for p in policies]
+    return _stack_linears([p.logits for p in policies])
+
+
+def _stack_linears(nets: Sequence[torch.nn.Module]) -> list[torch.Tensor]:
+    """``[W_0, b_0, W_1, b_1, ...]`` with ``W_l [K, out, in]``, ``b_l [K, out]``: the ``nn.Linear`` layers of K
+    MLPs of one architecture stacked (detached copies)."""
+    layers = [[m for m in net.modules() if isinstance(m, torch.nn.Linear)] for net in nets]
     out = []
     for i in range(len(layers[0])):
         out.append(torch.stack([ls[i].weight.detach() for ls in layers]).clone())
