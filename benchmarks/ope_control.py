@@ -2,9 +2,12 @@
 
 For one env:
 1. Behaviour: PPO for ``--behavior-steps`` env steps.
-2. Two datasets of ``--data-steps`` steps each: "logged", the stochastic PPO policy with its log-probabilities; and
-   "unlogged", an epsilon-greedy PPO (``--epsilon``; Box envs: Gaussian action noise ``--action-noise`` around the
-   mean) whose log-probabilities are dropped, so OPE must estimate the behaviour policy.
+2. Two datasets of ``--data-steps`` steps each: "logged", the stochastic PPO policy with its log-probabilities
+   (``--logged-epsilon``: optionally epsilon-greedy, log-probabilities of the mixture logged); and "unlogged", an
+   epsilon-greedy PPO (``--epsilon``; Box envs: Gaussian action noise ``--action-noise`` around the mean) whose
+   log-probabilities are dropped, so OPE must estimate the behaviour policy. Several values (e.g. ``--epsilon 0.1
+   0.4 0.7 1.0``) split the steps equally between behaviours of different noise levels, one collection each (a
+   multi-logger dataset: each episode's log-probabilities are those of the policy that acted in it).
 3. Five candidates: the behaviour PPO, two shorter PPO runs (``--ppo-steps``), BC on the unlogged data, and BC with
    few steps (``--bc-short``).
 4. Truth: each candidate's discounted return (gamma 0.99) of its stochastic policy over ``--truth-episodes`` online
@@ -43,8 +46,9 @@ def main() -> None:
     p.add_argument("--bc-steps", type=int, default=5_000)
     p.add_argument("--bc-short", type=int, default=100)
     p.add_argument("--data-steps", type=int, default=50_000)
-    p.add_argument("--epsilon", type=float, default=0.3)
-    p.add_argument("--action-noise", type=float, default=0.3)
+    p.add_argument("--epsilon", type=float, nargs="+", default=[0.3])
+    p.add_argument("--logged-epsilon", type=float, nargs="+", default=[0.0])
+    p.add_argument("--action-noise", type=float, nargs="+", default=[0.3])
     p.add_argument("--truth-episodes", type=int, default=50)
     p.add_argument("--fqe-steps", type=int, default=None, help="FQE budget (default: horizon-fitted, early stop)")
     p.add_argument("--datasets", default="logged,unlogged")
@@ -67,31 +71,41 @@ def main() -> None:
 
     from hybridrl.data.dataset import Dataset
 
+    dirs: dict[str, str] = {}  # candidate -> its directory under work (the key of its cached truth)
+
     def run_or_reuse(name: str, algo: str, steps: int, **kw):
-        path = os.path.join(work, name)
+        on = os.path.basename(kw.get("dataset", "unlogged-v0"))  # BC: one directory per training dataset
+        path = os.path.join(work, name if on == "unlogged-v0" else f"{name}-on-{on}")
         if not (a.reuse and os.path.exists(os.path.join(path, "policy", "policy.json"))):
             log(f"{name}: {algo} for {steps} steps")
             train(algo, path, steps, env_id=a.env, eval_episodes=0, progress=False, overwrite=True, **kw)
+        dirs[name] = os.path.basename(path)
         return load_policy(os.path.join(path, "policy"), a.env)
 
-    def data_or_reuse(name: str, policy, seed: int, **kw) -> Dataset:
-        path = os.path.join(work, f"{name}-v0")
+    def data_or_reuse(name: str, policy, seed: int, key: str, levels: list[float]) -> Dataset:
+        """``a.data_steps`` steps split equally over the noise ``levels`` (one collection each), cached by name."""
+        default = levels == [0.0] or (name == "unlogged" and levels == [0.3])
+        tag = "_".join(f"{lvl:g}".replace(".", "p") for lvl in levels)  # a valid Minari id
+        path = os.path.join(work, f"{name}-v0" if default else f"{name}-{key}{tag}-v0")
         if not (a.reuse and os.path.exists(path)):
-            log(f"dataset {name}: {a.data_steps} steps {kw}")
-            collect(a.env, policy, a.data_steps, seed=seed, progress=False, **kw).save(path, overwrite=True)
+            log(f"dataset {os.path.basename(path)}: {a.data_steps} steps, {key} {levels}")
+            parts = [collect(a.env, policy, a.data_steps // len(levels), seed=seed + 100 * i, progress=False,
+                             **({key: lvl} if lvl > 0 else {})) for i, lvl in enumerate(levels)]
+            Dataset.concatenate(parts).save(path, overwrite=True)
         return Dataset.load(path)
 
     behavior = run_or_reuse("behavior", "ppo", a.behavior_steps, seed=a.seed)
     discrete = not hasattr(behavior, "mean")
-    noise = {"epsilon": a.epsilon} if discrete else {"action_noise": a.action_noise}
-    data = {"logged": data_or_reuse("logged", behavior, a.seed + 1),
-            "unlogged": data_or_reuse("unlogged", behavior, a.seed + 2, **noise)}
+    key, levels = ("epsilon", a.epsilon) if discrete else ("action_noise", a.action_noise)
+    data = {"logged": data_or_reuse("logged", behavior, a.seed + 1, "epsilon", a.logged_epsilon),
+            "unlogged": data_or_reuse("unlogged", behavior, a.seed + 2, key, levels)}
     data["unlogged"].behavior_log_prob = None  # OPE must estimate the behaviour policy
     cands = {"ppo-behavior": behavior}
+    dirs["ppo-behavior"] = dirs.pop("behavior")
     for steps in a.ppo_steps:
         cands[f"ppo-{steps}"] = run_or_reuse(f"ppo-{steps}", "ppo", steps, seed=a.seed + 1)
     for name, steps in (("bc", a.bc_steps), ("bc-short", a.bc_short)):
-        cands[name] = run_or_reuse(name, "bc", steps, dataset=os.path.join(work, "unlogged-v0"), seed=a.seed)
+        cands[name] = run_or_reuse(name, "bc", steps, dataset=str(data["unlogged"].path), seed=a.seed)
     log(f"truths: {a.truth_episodes} online episodes per candidate (stochastic policies)")
     truth = {}
     truth_path = os.path.join(work, f"truth_{a.truth_episodes}.json")
@@ -100,13 +114,14 @@ def main() -> None:
 
         truth = json.load(open(truth_path))
     for n, pol in cands.items():
-        if n in truth:
+        if dirs[n] in truth:
             continue
         ev = evaluate_policy(pol, a.env, a.truth_episodes, seed=90_000, deterministic=False, gamma=GAMMA)
-        truth[n] = {"discounted_mean": ev["discounted_mean"], "discounted_std": ev["discounted_std"],
-                    "return_mean": ev["mean"]}
+        truth[dirs[n]] = {"discounted_mean": ev["discounted_mean"], "discounted_std": ev["discounted_std"],
+                          "return_mean": ev["mean"]}
         log(f"  {n}: discounted {ev['discounted_mean']:.2f} ± {ev['discounted_std']:.2f} (return {ev['mean']:.1f})")
     save_json(truth, truth_path)
+    truth = {n: truth[dirs[n]] for n in cands}
     results["truth"] = truth
     results["setup_s"] = time.perf_counter() - t0
     ests = a.estimators.split(",")

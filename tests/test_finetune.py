@@ -169,6 +169,39 @@ def test_ppo_finetuning_keeps_and_beats_its_start_on_a_bandit(tmp_path, bandit):
     assert min(c["stochastic"] for c in r["curve"]) > 0.9 * r["start"]["stochastic"]
     assert "kept its start" in (run.path / "report.md").read_text()
     assert (run.path / "curves.png").stat().st_size > 0 and (run.path / "policy" / "model.safetensors").exists()
+    assert r["best"]["stochastic"] >= r["final"]["stochastic"] and (run.path / "best_policy" / "policy.json").exists()
+
+
+def _good_then_bad(policy, *, steps, callback, **_):
+    """A fine-tuning method for the test below: half-way its policy plays arm 1 always, at the end arm 0 always."""
+    import copy
+
+    def pushed(arm: int):
+        p = copy.deepcopy(policy)
+        with torch.no_grad():
+            last = [m for m in p.modules() if isinstance(m, torch.nn.Linear)][-1]
+            last.weight.zero_()
+            last.bias.copy_(torch.tensor([20.0, -20.0] if arm == 0 else [-20.0, 20.0]))
+        return p
+
+    callback(steps // 2, pushed(1))
+    return pushed(0)
+
+
+def test_best_policy_is_kept_when_the_run_ends_below_it(tmp_path, bandit, monkeypatch):
+    from hybridrl.loops import finetune_run as fr
+    from hybridrl.nn import load_policy
+
+    monkeypatch.setitem(fr.FINETUNE_METHODS, "good_then_bad", f"{__name__}:_good_then_bad")
+    run = finetune_run(bandit[0], tmp_path / "ft", algo="good_then_bad", env_id="hybridrl/Bandit-v0", steps=100,
+                       eval_episodes=20, eval_points=2, progress=False)
+    r = json.loads((run.path / "eval.json").read_text())
+    assert r["start"]["deterministic"] == 1.0 and r["final"]["deterministic"] == 0.0
+    assert r["best"] == {"step": 50, "deterministic": 1.0, "stochastic": 1.0, "policy_dir": "best_policy"}
+    best = load_policy(run.path / "best_policy", "hybridrl/Bandit-v0")
+    with torch.no_grad():
+        assert float(best.distribution(torch.zeros(1, 1)).probs[0, 1]) > 0.999  # arm 1, as at step 50
+    assert "lost its start" in r["lost_start"] and "the one at step 50" in (run.path / "report.md").read_text()
 
 
 @pytest.mark.slow

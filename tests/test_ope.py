@@ -185,6 +185,32 @@ def test_dr_with_exact_q_and_pdis_agree_in_expectation_on_one_step_data():
         estimate_value("dm", data, TabularPolicy(np.full((2, 2), 0.5)), 0.5, zero)
 
 
+def test_cache_reuses_episode_arrays_only_for_the_same_inputs():
+    data, pi = two_episode_data()
+    q_table = torch.tensor([[1.0, 2.0], [3.0, 0.0]])
+    calls = []
+
+    def q(o, a):
+        calls.append(len(o))
+        return q_table[o.argmax(-1), a.long()]
+
+    critic = SimpleNamespace(policy=pi, config=SimpleNamespace(gamma=0.5), q=q,
+                             value=lambda o: (q_table[o.argmax(-1)] * pi.probs(o)).sum(-1))
+    cache: dict = {}
+    for name in ("pdis", "snpdis", "tis", "dr", "sndr"):
+        fresh = estimate_value(name, data, pi, 0.5, critic, n_boot=0)
+        np.testing.assert_array_equal(estimate_value(name, data, pi, 0.5, critic, n_boot=0, cache=cache).per_episode,
+                                      fresh.per_episode)
+        np.testing.assert_array_equal(estimate_value(name, data, pi, 0.5, critic, n_boot=0, cache=cache).per_episode,
+                                      fresh.per_episode)
+    assert len(calls) == 3  # dr and sndr without the cache, and once for both with it
+    logged, mask = cache["is_arrays"][1][0].copy(), cache["is_arrays"][1][1]
+    other = data.behavior_log_prob - np.log(2.0)  # a new object: the entry is recomputed, not reused
+    changed = estimate_value("pdis", data, pi, 0.5, behavior_log_prob=other, n_boot=0, cache=cache)
+    np.testing.assert_allclose(cache["is_arrays"][1][0], logged + np.log(2.0) * mask)
+    assert changed.estimate != pytest.approx(estimate_value("pdis", data, pi, 0.5, n_boot=0).estimate)
+
+
 def test_missing_behavior_log_prob_raises():
     data, pi = two_episode_data()
     data.behavior_log_prob = None

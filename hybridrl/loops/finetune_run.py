@@ -36,7 +36,7 @@ from hybridrl.data.dataset import Dataset
 from hybridrl.errors import ConfigError, RunExistsError
 from hybridrl.loops.common import console, json_ready
 from hybridrl.loops.evaluate import evaluate_policy
-from hybridrl.nn import Policy
+from hybridrl.nn import Policy, save_policy
 from hybridrl.runs import RunDir, load_config
 
 FINETUNE_METHODS: dict[str, str] = {
@@ -50,6 +50,8 @@ FINETUNE_METHODS: dict[str, str] = {
 
 DIP_WINDOW = 0.2
 """The dip is the lowest evaluation within this fraction of the online budget (issue 8)."""
+BEST_DIR = "best_policy"
+"""Run sub-directory holding the best evaluated policy of a fine-tuning run (the start if nothing beat it)."""
 EVAL_SEED = 60_000
 """Episode ``i`` of every evaluation (start, grid, final) is reset with seed ``EVAL_SEED + i``: same start states."""
 
@@ -107,6 +109,9 @@ def run_finetune_in(run: RunDir, policy: Policy, *, algo: str, env_id: str, data
     Evaluates the start (deterministic and stochastic, ``eval_episodes`` each, the same episode seeds every time),
     evaluates at :func:`eval_grid` points through the method's callback, evaluates the result, and writes
     ``policy/``, ``eval.json``, ``eval_curve.json``, ``curves.png`` and ``report.md`` (the caller commits ``run``).
+    ``best_policy/`` keeps the policy with the highest deterministic evaluation seen (ties: the higher stochastic one;
+    the start included, so a run that lost its start still holds it; SB3's ``EvalCallback`` best model);
+    ``eval.json["best"]`` says which.
     ``eval.json`` holds ``start``/``final``/``dip``/``gain`` as ``{"deterministic": x, "stochastic": y}``, the full
     ``curve``, ``lost_start`` (words, or None) and, for old readers, the final deterministic evaluation's fields
     (``mean``, ``std``, ``episodes``, ``normalized_score``). Returns that dict.
@@ -124,10 +129,19 @@ def run_finetune_in(run: RunDir, policy: Policy, *, algo: str, env_id: str, data
     if resume and curve_path.exists():
         saved = load_config(curve_path)
         start, curve = saved["start"], saved["curve"]
+        best = saved.get("best") or {"step": 0, **_summary(start)}
     else:
         console.print(f"evaluating the starting policy ({eval_episodes} episodes, deterministic and stochastic)")
         start, curve = _both(policy, env_id, eval_episodes), []
+        best = {"step": 0, **_summary(start)}
+        save_policy(policy, run.path / BEST_DIR, env_id=env_id)
     grid = eval_grid(steps, eval_points)
+
+    def keep_if_best(env_step: int, pol: Policy, summary: dict) -> None:
+        nonlocal best
+        if (summary["deterministic"], summary["stochastic"]) > (best["deterministic"], best["stochastic"]):
+            save_policy(pol, run.path / BEST_DIR, env_id=env_id)
+            best = {"step": int(env_step), **summary}
 
     def callback(env_step: int, pol: Policy) -> None:
         nonlocal curve
@@ -137,17 +151,17 @@ def run_finetune_in(run: RunDir, policy: Policy, *, algo: str, env_id: str, data
             return
         ev = _both(pol, env_id, eval_episodes)
         curve.append({"step": int(env_step), **_summary(ev)})
-        run.write_json("eval_curve.json", json_ready({"start": start, "curve": curve}))
+        keep_if_best(env_step, pol, curve[-1])
+        run.write_json("eval_curve.json", json_ready({"start": start, "curve": curve, "best": best}))
 
     if not curve:
-        run.write_json("eval_curve.json", json_ready({"start": start, "curve": curve}))
+        run.write_json("eval_curve.json", json_ready({"start": start, "curve": curve, "best": best}))
     final_policy = fn(policy, env_id=env_id, dataset=dataset, steps=steps, run=run, seed=seed,
                       overrides=list(overrides or []), callback=callback, progress=progress, **extra)
     final = _both(final_policy, env_id, eval_episodes)
-    from hybridrl.nn import save_policy
-
     save_policy(final_policy, run.policy_dir, env_id=env_id)
-    result = finetune_result(algo, env_id, steps, start, final, curve, source)
+    keep_if_best(steps, final_policy, _summary(final))
+    result = finetune_result(algo, env_id, steps, start, final, curve, source, best)
     run.write_json("eval.json", json_ready(result))
     plot_finetune(run, result)
     write_finetune_report(run, result)
@@ -155,9 +169,10 @@ def run_finetune_in(run: RunDir, policy: Policy, *, algo: str, env_id: str, data
 
 
 def finetune_result(algo: str, env_id: str, steps: int, start: dict, final: dict, curve: list[dict],
-                    source: str | None = None) -> dict:
-    """The ``eval.json`` dict from the start/final evaluations (``{"deterministic": ev, "stochastic": ev}``) and the
-    curve rows ``{"step", "deterministic", "stochastic"}``."""
+                    source: str | None = None, best: dict | None = None) -> dict:
+    """The ``eval.json`` dict from the start/final evaluations (``{"deterministic": ev, "stochastic": ev}``), the
+    curve rows ``{"step", "deterministic", "stochastic"}`` and the best evaluated point (same keys; in
+    ``best_policy/``)."""
     out: dict[str, Any] = {"algo": algo, "env_id": env_id, "steps": steps, "start_policy": source,
                            "episodes": final["deterministic"]["episodes"], "seed_of_episode_0": EVAL_SEED,
                            "start": _summary(start), "final": _summary(final), "dip": {}, "dip_return": {},
@@ -165,6 +180,7 @@ def finetune_result(algo: str, env_id: str, steps: int, start: dict, final: dict
     for m in ("deterministic", "stochastic"):
         r = dip_and_gain(out["start"][m], [c["step"] for c in curve], [c[m] for c in curve], out["final"][m], steps)
         out["dip"][m], out["dip_return"][m], out["gain"][m] = r["dip"], r["dip_return"], r["gain"]
+    out["best"] = None if best is None else {**best, "policy_dir": BEST_DIR}
     out["lost_start"] = lost_start_message(out)
     fd = final["deterministic"]
     out.update(mean=fd["mean"], std=fd["std"], normalized_score=fd["normalized_score"])
@@ -255,7 +271,13 @@ def finetune_explanation(result: dict) -> str:
             f"evaluation in the first {DIP_WINDOW:.0%} of the {result['steps']}-step online budget / start; "
             "*gain* = final / start. *n/a*: no evaluation fell in that window, or the start return is not positive "
             "(a ratio to it means nothing: compare the returns).")
-    lost = result.get("lost_start")
+    lost, best = result.get("lost_start"), result.get("best")
+    if best:
+        text += (f"\n\n`{best['policy_dir']}/` holds the policy with the best deterministic evaluation: "
+                 + ("the start (no evaluation beat it)" if best["step"] == 0 else
+                    f"the one at step {best['step']} ({_fmt(best['deterministic'])} deterministic, "
+                    f"{_fmt(best['stochastic'])} stochastic)")
+                 + "; picked by the same evaluation episodes, so its return is an optimistic estimate.")
     return text + ("\n\n**" + lost[0].upper() + lost[1:] + ".**" if lost else
                    "\n\nThe run kept its start: no evaluation in the dip window fell below 0.95x the start and both "
                    "final returns are at or above it.")

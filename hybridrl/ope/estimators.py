@@ -225,6 +225,18 @@ def _value_bounds(dataset: Dataset, gamma: float) -> tuple[float, float] | None:
     return min(float(r.min()), 0.0) / (1.0 - gamma), max(float(r.max()), 0.0) / (1.0 - gamma)
 
 
+def _reuse(cache: dict | None, key: str, sources: tuple, make: Callable[[], Any]) -> Any:
+    """``make()``, kept in ``cache[key]`` for the next estimator while it is asked with the same ``sources`` objects
+    (dataset, policy, behaviour log-probabilities or critic; compared by identity and held, so a new object never
+    hits a stale entry)."""
+    if cache is None:
+        return make()
+    hit = cache.get(key)
+    if hit is None or len(hit[0]) != len(sources) or any(a is not b for a, b in zip(hit[0], sources)):
+        hit = cache[key] = (sources, make())
+    return hit[1]
+
+
 def _fqe_notes(fqe) -> tuple[dict[str, float], list[str]]:
     report = getattr(fqe, "fit_report", None)
     if report is None:
@@ -255,7 +267,9 @@ def estimate_value(estimator: str, dataset: Dataset, policy: Policy, gamma: floa
         weight_config, bandwidth, cvar_alpha, cache, progress: for the marginal, kernel and distributional
             estimators (:mod:`hybridrl.ope.extended`): DualDICE/MWL/MQL settings
             (:class:`~hybridrl.ope.weights.WeightConfig`), kernel bandwidth (fraction of the action half-width),
-            CVaR level, a per-policy dict reusing weight fits, a progress bar for those fits.
+            CVaR level, a per-policy dict reusing weight fits (and, for the IS family and DR, the episode arrays of
+            log-ratios, rewards and critic values while dataset, policy, behaviour log-probs and critic are the
+            same objects), a progress bar for those fits.
     Raises:
         ConfigError: unknown estimator or interval, bad gamma/clip, missing critic, or one fitted for another policy
             object/gamma.
@@ -282,11 +296,13 @@ def estimate_value(estimator: str, dataset: Dataset, policy: Policy, gamma: floa
         extra_notes = more_notes + extra_notes
         distribution = None if cdf is None else cdf.to_dict()
     else:
-        log_ratio, mask = episode_arrays(dataset, importance_weights(dataset, policy, behavior_log_prob))
-        rewards = episode_arrays(dataset, dataset.rewards)[0]
+        log_ratio, mask, rewards = _reuse(cache, "is_arrays", (dataset, policy, behavior_log_prob), lambda: (
+            *episode_arrays(dataset, importance_weights(dataset, policy, behavior_log_prob)),
+            episode_arrays(dataset, dataset.rewards)[0]))
         if estimator in ("dr", "sndr"):
-            q_hat = episode_arrays(dataset, _batched(fqe.q, dataset))[0]
-            v_hat = episode_arrays(dataset, _batched(lambda o, a: fqe.value(o), dataset))[0]
+            q_hat, v_hat = _reuse(cache, "dr_arrays", (dataset, fqe), lambda: (
+                episode_arrays(dataset, _batched(fqe.q, dataset))[0],
+                episode_arrays(dataset, _batched(lambda o, a: fqe.value(o), dataset))[0]))
             est = (core.dr if estimator == "dr" else core.sndr)(log_ratio, rewards, mask, gamma, q_hat, v_hat, clip)
         else:
             est = _CORE[estimator](log_ratio, rewards, mask, gamma, clip)
@@ -457,7 +473,7 @@ class _PolicyJob:
         if model is not None:
             behavior_diag = model.diagnostics(_batched(policy.log_prob, dataset))
         res: dict[str, OPEResult] = {}
-        cache: dict = {}  # weight / MQL fits shared between this policy's marginal estimators
+        cache: dict = {}  # weight / MQL fits and IS/DR episode arrays shared between this policy's estimators
         for e_idx, name in enumerate(estimators):
             rng = np.random.default_rng([seed, p_idx, e_idx])
             if name in extended.MARGINAL:

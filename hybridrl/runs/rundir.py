@@ -6,6 +6,7 @@ Layout of ``runs/<name>/``::
     metrics.csv, tb/     scalar metrics (CSV + TensorBoard events)
     checkpoints/step_<N>/  full training state for exact resume
     policy/              final policy (``hybridrl.nn.save_policy``)
+    best_policy/         fine-tuning runs: the best evaluated policy (the start if nothing beat it)
     eval.json            evaluation summary
     curves.png, report.md
 
