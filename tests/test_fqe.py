@@ -8,7 +8,7 @@ import pytest
 import torch
 from rollouts import collect
 
-from hybridrl.algos.fqe import FQEConfig, FQELearner
+from hybridrl.algos.fqe import FQEConfig, FQELearner, value_bounds
 from hybridrl.data.batches import Transitions
 from hybridrl.envs.toy import BanditEnv, ChainEnv, TabularPolicy, chain_q
 from hybridrl.errors import ConfigError
@@ -52,6 +52,29 @@ def test_target_exact_expectation_and_truncation_bootstraps():
     metrics = learner.update(batch)
     assert metrics["target_mean"] == pytest.approx(float(expected.mean()), rel=1e-5)
     assert set(metrics) >= {"q_loss", "q_mean", "target_mean"}
+
+
+def test_value_bounds_and_target_clipping_by_hand():
+    assert value_bounds(np.array([-1.0, 2.0]), 0.5) == (-2.0, 4.0)
+    assert value_bounds(np.array([1.0, 2.0]), 0.9) == pytest.approx((0.0, 20.0))  # 0 is always inside
+    assert value_bounds(np.array([1.0]), 1.0) is None
+    pi = TabularPolicy(np.tile([0.3, 0.7], (5, 1)))
+    learner = FQELearner(small_config(gamma=0.5), CHAIN_OBS, CHAIN_ACT, policy=pi)
+    eye = torch.eye(5)
+    batch = Transitions(obs=eye[[0, 1]], action=torch.tensor([1, 0]), reward=torch.tensor([5.0, -3.0]),
+                        next_obs=eye[[1, 2]], terminated=torch.tensor([True, True]),
+                        truncated=torch.tensor([False, False]))
+    assert learner.update(batch)["target_mean"] == pytest.approx(1.0)  # unclipped: (5 - 3) / 2
+    learner.target_bounds = (-1.0, 2.0)
+    assert learner.update(batch)["target_mean"] == pytest.approx((2.0 - 1.0) / 2)
+
+
+def test_fit_clips_targets_to_the_training_rewards_bounds(tmp_path):
+    data = collect(lambda: ChainEnv(5, 0.1, 20), TabularPolicy(np.full((5, 2), 0.5)), 400, seed=0)
+    pi = TabularPolicy(np.tile([0.3, 0.7], (5, 1)))
+    on = fit_fqe(data, pi, 0.9, small_config(), steps=10, seed=0)
+    assert on.target_bounds == pytest.approx(value_bounds(data.rewards, 0.9))
+    assert fit_fqe(data, pi, 0.9, small_config(clip_targets=False), steps=10, seed=0).target_bounds is None
 
 
 def test_policy_untouched_state_dict_roundtrip_and_determinism():

@@ -50,6 +50,11 @@ class FQEConfig:
             continuous actions (>= 1).
         target_action_samples: samples a' ~ pi(.|s') averaged in each regression target (>= 1; continuous).
         max_grad_norm: global gradient-norm clip; None disables.
+        clip_targets: clip each regression target to :func:`value_bounds` of the training rewards (set by
+            :func:`fit`; gamma < 1). The fixed point of FQE's empirical Bellman operator lies in that box, so the
+            projection keeps it (a projection onto a box is non-expansive: the operator stays a gamma-contraction)
+            and only stops extrapolation to actions or states the data does not cover from pushing targets past
+            values no policy can have (measured on CartPole: docs/algorithms/ope.md, detail 27).
     """
 
     lr: float = 3e-4
@@ -61,6 +66,7 @@ class FQEConfig:
     n_action_samples: int = 10
     target_action_samples: int = 1
     max_grad_norm: float | None = None
+    clip_targets: bool = True
 
     def __post_init__(self) -> None:
         checks = [
@@ -105,6 +111,7 @@ class FQELearner:
             self._low = torch.as_tensor(action_space.low, dtype=torch.float32)
             self._high = torch.as_tensor(action_space.high, dtype=torch.float32)
         self.optimizer = torch.optim.Adam(self.q_net.parameters(), lr=config.lr)
+        self.target_bounds: tuple[float, float] | None = None  # (low, high) clip of y; set by fit()
 
     @torch.no_grad()
     def _expected_q(self, net: QNet, obs: torch.Tensor, n: int) -> torch.Tensor:
@@ -119,7 +126,7 @@ class FQELearner:
 
     def update(self, batch: Transitions) -> dict[str, float]:
         """One regression step of Q(s, a) towards y = r + gamma (1 - terminated) E_pi Qbar(s', .), then
-        ``Qbar <- (1 - tau) Qbar + tau Q``.
+        ``Qbar <- (1 - tau) Qbar + tau Q``; y is clipped to ``target_bounds`` when set.
 
         Args:
             batch: ``B`` logged transitions: ``obs``/``next_obs [B, obs_dim]``, ``action [B, |A|]`` float32
@@ -133,6 +140,8 @@ class FQELearner:
         with torch.no_grad():
             v_next = self._expected_q(self.q_target.net, batch.next_obs, self.config.target_action_samples)
             target = batch.reward + cfg.gamma * (~batch.terminated).float() * v_next
+            if self.target_bounds is not None:
+                target = target.clamp(*self.target_bounds)
         loss, metrics = td_loss(self.q_net(batch.obs, batch.action), target)
         gradient_step(self.optimizer, loss, cfg.max_grad_norm)
         self.q_target.update(cfg.tau)
@@ -161,6 +170,21 @@ class FQELearner:
 
 
 # ----------------------------------------------------------------------------------------- fitting with a stop rule
+def value_bounds(rewards: np.ndarray, gamma: float) -> tuple[float, float] | None:
+    """Values any policy can have when every reward lies in ``[r_min, r_max]``:
+    ``[min(r_min, 0), max(r_max, 0)] / (1 - gamma)`` (None for gamma = 1 or no rewards). ``rewards``: ``[N]``."""
+    r = np.asarray(rewards, dtype=np.float64)
+    if gamma >= 1.0 or r.size == 0:
+        return None
+    return min(float(r.min()), 0.0) / (1.0 - gamma), max(float(r.max()), 0.0) / (1.0 - gamma)
+
+
+def training_bounds(dataset, rows: np.ndarray, config: FQEConfig) -> tuple[float, float] | None:
+    """The target clip of a fit on ``rows`` of ``dataset`` (:func:`value_bounds`), or None when ``clip_targets``
+    is off."""
+    return value_bounds(np.asarray(dataset.rewards)[rows], config.gamma) if config.clip_targets else None
+
+
 def default_max_steps(gamma: float, tau: float) -> int:
     """Step budget that fits the discount horizon: ``ceil(5 / ((1 - gamma) tau))`` clipped to [2,000, 200,000].
 
@@ -236,6 +260,7 @@ def fit(dataset, policy: Policy, config: FQEConfig, max_steps: int | None = None
     learner = FQELearner(config, dataset.observation_space, dataset.action_space, seed=seed, policy=policy)
     rng = np.random.default_rng(seed)
     train_rows, held, s0, n_held = split_episodes(dataset, rng, heldout_fraction)
+    learner.target_bounds = training_bounds(dataset, train_rows, config)
     rho = float(np.exp(-(1.0 - config.gamma) * config.tau))
     history, passes, remaining, converged, step, q_loss = [], 0, float("inf"), False, 0, float("nan")
     for step in range(1, max_steps + 1):

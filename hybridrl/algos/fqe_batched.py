@@ -52,6 +52,7 @@ from hybridrl.algos.fqe import (
     fit_report,
     fit_schedule,
     split_episodes,
+    training_bounds,
 )
 from hybridrl.errors import ConfigError, DivergenceError, ShapeError
 from hybridrl.nn import Policy, policy_matches_spaces
@@ -194,6 +195,8 @@ class _Batch:
         next_n = torch.stack([_norm(p, batch.next_obs) for p in policies])
         with torch.no_grad():
             target = batch.reward + cfg.gamma * (~batch.terminated).float() * self.next_value(batch.next_obs, next_n)
+            if self.learners[0].target_bounds is not None:  # the same rows, so the same bounds, for every candidate
+                target = target.clamp(*self.learners[0].target_bounds)
         losses = (self.q_values(self.q.params, obs_n, batch.action) - target).square().mean(-1)
         self.optimizer.zero_grad(set_to_none=True)
         losses.sum().backward()
@@ -237,6 +240,8 @@ def fit_batched(dataset, policies: Sequence[Policy], config: FQEConfig, max_step
                 for p in policies]
     rng = np.random.default_rng(seed)
     train_rows, held, s0, n_held = split_episodes(dataset, rng, heldout_fraction)
+    for ln in learners:
+        ln.target_bounds = training_bounds(dataset, train_rows, config)
     rho = float(np.exp(-(1.0 - config.gamma) * config.tau))
     K = len(learners)
     history = [[] for _ in range(K)]

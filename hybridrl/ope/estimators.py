@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hybridrl.algos.fqe import FQEConfig, FQELearner, default_max_steps
+from hybridrl.algos.fqe import FQEConfig, FQELearner, default_max_steps, value_bounds
 from hybridrl.algos.fqe import fit as fqe_fit
 from hybridrl.data.dataset import Dataset
 from hybridrl.errors import ConfigError, DatasetError, ShapeError
@@ -217,12 +217,9 @@ _DM_NOTE = "the interval covers only the spread of Vhat(s_0) over episodes, not 
 
 
 def _value_bounds(dataset: Dataset, gamma: float) -> tuple[float, float] | None:
-    """Values any policy can have: rewards in [r_min, r_max] give J in [min(r_min, 0), max(r_max, 0)] / (1 - gamma)
-    (None for gamma = 1, where FQE's untruncated value has no such bound)."""
-    if gamma >= 1.0 or len(dataset) == 0:
-        return None
-    r = np.asarray(dataset.rewards, dtype=np.float64)
-    return min(float(r.min()), 0.0) / (1.0 - gamma), max(float(r.max()), 0.0) / (1.0 - gamma)
+    """Values any policy can have with the dataset's rewards (:func:`hybridrl.algos.fqe.value_bounds`; None for
+    gamma = 1, where FQE's untruncated value has no such bound)."""
+    return value_bounds(dataset.rewards, gamma)
 
 
 def _reuse(cache: dict | None, key: str, sources: tuple, make: Callable[[], Any]) -> Any:
