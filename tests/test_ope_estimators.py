@@ -157,3 +157,18 @@ def test_long_horizon_weights_are_flagged_degenerate():
     assert any("not finite" in r for r in reasons) and any("overflow" in r for r in reasons)
     ok = core.pdis(rng.normal(0, 0.01, (50, 5)), np.ones((50, 5)), np.ones((50, 5), bool), 0.99)
     assert degeneracy(ok.estimate, ok.diagnostics, 50) == []
+
+
+def test_plain_is_with_missing_weight_mass_is_flagged_although_its_ess_passes():
+    # 100 one-step episodes, reward 1: 20 with weight 1, 80 with weight 1e-9. PDIS = 0.2 (the on-policy value is 1:
+    # the sample missed the rare episodes with large weights); ESS = 20 passes, the weights' mean 0.2 does not.
+    lr = np.zeros((100, 1))
+    lr[20:] = np.log(1e-9)
+    est = core.pdis(lr, np.ones((100, 1)), np.ones((100, 1), bool), 0.9)
+    assert est.estimate == pytest.approx(0.2, rel=1e-6) and est.diagnostics["ess"] == pytest.approx(20.0, rel=1e-6)
+    assert est.diagnostics["mean_weight"] == pytest.approx(0.2, rel=1e-6)
+    assert degeneracy(est.estimate, est.diagnostics, 100) == []
+    reasons = degeneracy(est.estimate, est.diagnostics, 100, check_mean_weight=True)
+    assert len(reasons) == 1 and "weights average 0.2 where 1 is expected" in reasons[0]
+    fine = core.pdis(np.log(np.array([[0.8], [1.2]] * 50)), np.ones((100, 1)), np.ones((100, 1), bool), 0.9)
+    assert degeneracy(fine.estimate, fine.diagnostics, 100, check_mean_weight=True) == []  # mean weight 1.0

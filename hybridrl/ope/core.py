@@ -149,7 +149,8 @@ def _weights(log_ratio, mask, clip) -> tuple[np.ndarray, dict[str, float], list[
 
 
 def degeneracy(estimate: float, diagnostics: dict[str, float], n_episodes: int, min_ess: float = MIN_ESS,
-               self_normalised: bool = False, value_bounds: tuple[float, float] | None = None) -> list[str]:
+               self_normalised: bool = False, value_bounds: tuple[float, float] | None = None,
+               check_mean_weight: bool = False) -> list[str]:
     """Reasons, in words, why an estimate cannot be used (empty list: usable).
 
     Degenerate when: the estimate is not finite; a log-weight exceeds log(float64 max) (``max_log_weight``; not for
@@ -157,7 +158,12 @@ def degeneracy(estimate: float, diagnostics: dict[str, float], n_episodes: int, 
     effective sample size ``ess`` is below ``min(min_ess, max(n_episodes / 10, 1.5))`` (an IS estimate then rests on a
     handful of episodes; the cap keeps small datasets from being flagged for their size alone, the floor of 1.5 still
     flags an estimate that rests on a single episode); or the estimate lies outside ``value_bounds = (lo, hi)``, the
-    values any policy can have (e.g. ``r_min / (1 - gamma), r_max / (1 - gamma)``), by more than 1% of ``hi - lo``.
+    values any policy can have (e.g. ``r_min / (1 - gamma), r_max / (1 - gamma)``), by more than 1% of ``hi - lo``;
+    or, with ``check_mean_weight`` (plain IS: PDIS, TIS, unclipped), the sample mean of the final trajectory weights
+    (``mean_weight``) lies outside [0.5, 2]: under the behaviour policy E[w_{0:T}] = 1 exactly (a product of ratios
+    with mean 1, stopped at the episode's end), so a mean far from 1 says that the episodes carrying most of the
+    weight are missing from the sample (the heavy tail of long-horizon weights) or that the behaviour
+    log-probabilities are off. The ESS cannot see this: it is computed from the same sample.
     """
     reasons = []
     if not np.isfinite(estimate):
@@ -175,6 +181,11 @@ def degeneracy(estimate: float, diagnostics: dict[str, float], n_episodes: int, 
     threshold = min(float(min_ess), max(n_episodes / 10.0, 1.5))
     if ess is not None and ess < threshold:
         reasons.append(f"effective sample size {ess:.1f} of {n_episodes} episodes is below {threshold:g}")
+    mw = diagnostics.get("mean_weight")
+    if check_mean_weight and mw is not None and np.isfinite(mw) and not 0.5 <= mw <= 2.0:
+        reasons.append(f"the importance weights average {mw:.3g} where 1 is expected (E[w] = 1 under the behaviour "
+                       "policy): the episodes that carry most of the weight are missing from the data, or the "
+                       "behaviour log-probabilities are off")
     return reasons
 
 

@@ -108,6 +108,8 @@ class OPEResult:
                 bits.append("weights overflow")
             if any("lies outside" in r for r in self.degenerate_reasons):
                 bits.append("outside the possible range")
+            if any("weights average" in r for r in self.degenerate_reasons):
+                bits.append(f"mean weight {self.diagnostics['mean_weight']:.2g}")
             if any("not finite" in r for r in self.degenerate_reasons) and not bits:
                 bits.append("not finite")
             return "degenerate (" + (", ".join(bits) or "see notes") + ")"
@@ -307,7 +309,8 @@ def estimate_value(estimator: str, dataset: Dataset, policy: Policy, gamma: floa
     low, high, ci_notes = intervals.confidence_interval(ci, est.per_episode, est.resample, confidence, n_boot, seed,
                                                         value_range)
     reasons = core.degeneracy(est.estimate, est.diagnostics, e, min_ess, estimator in _SELF_NORMALISED,
-                              _value_bounds(dataset, gamma))
+                              _value_bounds(dataset, gamma), check_mean_weight=estimator in ("pdis", "tis")
+                              and clip is None)
     notes = [n for n in est.notes if "overflow" not in n or not reasons] + ci_notes + extra_notes
     return OPEResult(estimator, est.estimate, est.per_episode, low, high, confidence, e, notes,
                      {**est.diagnostics, **extra_diag}, interval=ci, interval_meaning=intervals.MEANINGS[ci],
