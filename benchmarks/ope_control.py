@@ -38,8 +38,54 @@ from hybridrl.ope import ESTIMATORS, evaluate_ope, select
 GAMMA = 0.99
 
 
+def _cell(est: dict, truth: float) -> str:
+    """An estimate with its relative error, or why it is not usable (the result's own flags)."""
+    why = []
+    d = est["diagnostics"]
+    labels = {"effective sample": lambda: f"ESS {d['ess']:.1f}",
+              "weights average": lambda: f"mean w {d['mean_weight']:.2g}",
+              "lies outside": lambda: "out of range", "overflow": lambda: "overflow"}
+    for r in est["degenerate_reasons"]:
+        why.append(next((f() for k, f in labels.items() if k in r), "not finite"))
+    if d.get("fqe_converged", 1.0) != 1.0:
+        why.append("FQE not converged")
+    if d.get("weights_ok", 1.0) != 1.0:
+        why.append("weights not ok")
+    rel = (est["estimate"] - truth) / abs(truth)
+    text = f"{est['estimate']:.4g} ({rel:+.1%})" if abs(rel) < 10 else f"{est['estimate']:.3g}"
+    return text if not why else f"{text}, **flagged**: {', '.join(dict.fromkeys(why))}"
+
+
+def report(path: str) -> str:
+    """Markdown tables of a results JSON: per dataset, candidates x estimators, then rank correlation/regret@1."""
+    import json
+
+    r = json.load(open(path))
+    truth, out = r["truth"], []
+    for dname in ("logged", "unlogged"):
+        if dname not in r:
+            continue
+        res = r[dname]
+        per, names = res["per_estimator"], list(truth)
+        out += [f"**{dname}** ({res['episodes']} episodes, {res['steps']} steps; OPE {res['ope_s']:.0f} s)", "",
+                "| candidate | truth (± s.e.) | " + " | ".join(per) + " |", "| --- | ---: |" + " ---: |" * len(per)]
+        for n in names:
+            t = truth[n]["discounted_mean"]
+            se = truth[n]["discounted_std"] / r["args"]["truth_episodes"] ** 0.5
+            out.append(f"| {n} | {t:.2f} ± {se:.2f} | " + " | ".join(_cell(p["estimates"][n], t) for p in per.values())
+                       + " |")
+        out.append("| rank corr. / regret@1 | | " + " | ".join(
+            f"{p['rank_correlation']:.2f} / {p['regret_at_1']:.1f}" + ("" if p["usable"] else " (not all usable)")
+            for p in per.values()) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    if sys.argv[1:2] == ["--report"]:
+        print(report(sys.argv[2]))
+        return
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] + " (--report FILE: its tables in Markdown)")
     p.add_argument("--env", default="CartPole-v1")
     p.add_argument("--behavior-steps", type=int, default=100_000)
     p.add_argument("--ppo-steps", type=int, nargs=2, default=[10_000, 30_000])

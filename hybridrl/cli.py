@@ -293,14 +293,14 @@ def ope_cmd(
     for n in names:
         table.add_row(n, *[results[n][e].cell() for e in ests])
     _stdout().print(table)
-    _stdout().print(f"top-{len(selection.top_k)}: {', '.join(selection.top_k)}; {why}")
+    _stdout().print(f"top-{len(selection.top_k)}: {', '.join(selection.top_k)}; {why}", markup=False)
     first = next(iter(results[names[0]].values()))
-    _stdout().print(f"interval: {first.interval_meaning}")
+    _stdout().print(f"interval: {first.interval_meaning}", markup=False)
     lines = [f"{n} / {e}: degenerate: " + "; ".join(results[n][e].degenerate_reasons)
              for n in names for e in ests if results[n][e].degenerate]
     lines += list(dict.fromkeys(note for n in names for e in ests for note in results[n][e].notes))
     for line in lines:  # degeneracy reasons, unconverged FQE warnings, the behaviour model, clipping bias
-        _stdout().print(f"note: {line}", soft_wrap=True)
+        _stdout().print(f"note: {line}", soft_wrap=True, markup=False)  # reasons hold brackets: "E[w] = 1"
 
 
 def _finetune_help() -> str:

@@ -51,3 +51,4 @@ def test_table_says_degenerate_in_words(chain_files):
             chain_files / "mild", "--estimators", "pdis", "--ci", "bernstein")
     assert "degenerate (ESS" in r.stdout and "empirical Bernstein" in r.stdout
     assert "note: left / pdis: degenerate: effective sample size" in " ".join(r.stdout.split())
+    assert "(E[w] = 1 under the behaviour policy)" in " ".join(r.stdout.split())  # text, not rich markup

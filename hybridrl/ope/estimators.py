@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.markup import escape
 
 from hybridrl.algos.fqe import FQEConfig, FQELearner, default_max_steps, value_bounds
 from hybridrl.algos.fqe import fit as fqe_fit
@@ -32,7 +33,7 @@ from hybridrl.data.dataset import Dataset
 from hybridrl.errors import ConfigError, DatasetError, ShapeError
 from hybridrl.nn import Policy, policy_matches_spaces
 from hybridrl.ope import core, extended, intervals
-from hybridrl.runs.progress import progress_bar
+from hybridrl.runs.progress import console, progress_bar
 
 __all__ = [
     "DEFAULT_ESTIMATORS", "ESTIMATORS", "IS_ESTIMATORS", "OPEResult", "check_policy_fits_dataset", "episode_arrays",
@@ -224,6 +225,13 @@ def _value_bounds(dataset: Dataset, gamma: float) -> tuple[float, float] | None:
     return value_bounds(dataset.rewards, gamma)
 
 
+def _say(progress: bool, msg: str) -> None:
+    """One progress line on stderr (``ope: msg``); ``msg`` is printed as text, not as rich markup (a reason such
+    as "E[w] = 1" must not lose its brackets)."""
+    if progress:
+        console.print(f"[dim]ope:[/] {escape(msg)}")
+
+
 def _reuse(cache: dict | None, key: str, sources: tuple, make: Callable[[], Any]) -> Any:
     """``make()``, kept in ``cache[key]`` for the next estimator while it is asked with the same ``sources`` objects
     (dataset, policy, behaviour log-probabilities or critic; compared by identity and held, so a new object never
@@ -377,7 +385,6 @@ def evaluate_ope(dataset: Dataset, policies: dict[str, Policy],
     Raises: ConfigError for an unknown estimator/interval (the message lists the valid ones) or no policies;
         the errors of the estimators.
     """
-    from hybridrl.runs.progress import console
 
     estimators = [estimators] if isinstance(estimators, str) else list(estimators)
     for name in estimators:
@@ -397,8 +404,7 @@ def evaluate_ope(dataset: Dataset, policies: dict[str, Policy],
         raise DatasetError(f"dataset {dataset.path or ''} holds no episodes; OPE needs at least one")
 
     def say(msg: str) -> None:
-        if progress:
-            console.print(f"[dim]ope:[/] {msg}")
+        _say(progress, msg)
 
     model = None
     blp = dataset.behavior_log_prob
@@ -452,7 +458,6 @@ class _PolicyJob:
 
     def __call__(self, dataset: Dataset, p_idx: int, pname: str, policy: Policy,
                  fqe: FQELearner | None = None) -> dict[str, OPEResult]:
-        from hybridrl.runs.progress import console
 
         estimators, gamma, seed, model, ci = self.estimators, self.gamma, self.seed, self.model, self.ci
         clip, min_ess, value_range, n_boot, confidence = self.clip, self.min_ess, self.value_range, self.n_boot, \
@@ -462,8 +467,7 @@ class _PolicyJob:
         blp = dataset.behavior_log_prob if model is None else model.log_prob
 
         def say(msg: str) -> None:
-            if progress:
-                console.print(f"[dim]ope:[/] {msg}")
+            _say(progress, msg)
 
         if fqe is None and any(e in _NEEDS_FQE for e in estimators):
             say(f"policy {pname} ({p_idx + 1}/{len(policies)}): fitting FQE")
