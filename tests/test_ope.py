@@ -211,6 +211,22 @@ def test_cache_reuses_episode_arrays_only_for_the_same_inputs():
     assert changed.estimate != pytest.approx(estimate_value("pdis", data, pi, 0.5, n_boot=0).estimate)
 
 
+def test_low_effective_sample_share_gets_a_warning_note():
+    # 1,000 one-step bandit episodes, behaviour picks arm 1 with p = 0.02, the target always: 20 episodes carry
+    # weight 50 each (ESS 20 >= 10, mean weight 1: not degenerate), i.e. 2% of the episodes.
+    eye = np.eye(2, dtype=np.float32)
+    actions = (np.arange(1000) % 50 == 0).astype(np.int64)
+    eps = [dict(observations=eye[[0, 1]], actions=actions[i:i + 1], rewards=np.array([float(actions[i])]),
+                terminations=np.array([True]), truncations=np.array([False]),
+                behavior_log_prob=np.log([0.02 if actions[i] else 0.98])) for i in range(1000)]
+    data = Dataset.from_episodes(eps, gym.spaces.Box(0, 1, (2,), np.float32), gym.spaces.Discrete(2))
+    r = estimate_value("pdis", data, TabularPolicy([[0.0, 1.0], [0.5, 0.5]]), 0.9, n_boot=0)
+    assert not r.degenerate and r.diagnostics["ess"] == pytest.approx(20.0) and r.estimate == pytest.approx(1.0)
+    assert any("effective sample size is 20.0 of 1000 episodes (2.0%)" in n for n in r.notes)
+    mild = estimate_value("pdis", data, TabularPolicy([[0.9, 0.1], [0.5, 0.5]]), 0.9, n_boot=0)
+    assert not any("effective sample size is" in n for n in mild.notes)
+
+
 def test_missing_behavior_log_prob_raises():
     data, pi = two_episode_data()
     data.behavior_log_prob = None
