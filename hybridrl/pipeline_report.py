@@ -80,8 +80,8 @@ def write_pipeline_report(run: RunDir, cfg: dict, summary: dict, names, estimato
         L += ["## 4. Online fine-tuning", "",
               f"`{sel['top_k'][0]}` fine-tuned online with `{ft_eval['algo']}` for {cfg['finetune']['steps']} "
               "environment steps (settings: " + (", ".join(cfg["finetune"].get("set") or []) or "defaults")
-              + "; `finetune/config.yaml`).", "", finetune_table(ft_eval), "", finetune_explanation(ft_eval), "",
-              "![fine-tuning curves](finetune/curves.png)", ""]
+              + "; `finetune/config.yaml`).", "", finetune_table(ft_eval), "",
+              finetune_explanation(ft_eval, "finetune/"), "", "![fine-tuning curves](finetune/curves.png)", ""]
     L += ["## Where things are", "", "- `behavior/`: the behaviour-policy run", "- `datasets/`: the Minari dataset",
           "- `candidates/<name>/`: each offline run (config, metrics, policy)",
           "- `ope.json`, `selection.json`: estimates and selection", "- `finetune/`: the fine-tuning run",

@@ -263,8 +263,9 @@ def finetune_table(result: dict) -> str:
     return "\n".join(rows)
 
 
-def finetune_explanation(result: dict) -> str:
-    """The paragraph under :func:`finetune_table`: what each number is, and whether the run lost its start."""
+def finetune_explanation(result: dict, run_prefix: str = "") -> str:
+    """The paragraph under :func:`finetune_table`: what each number is, and whether the run lost its start
+    (``run_prefix``: the fine-tuning run's folder relative to the report, e.g. ``"finetune/"``)."""
     text = (f"Mean undiscounted return over {result['episodes']} episodes (the same start states, seeds "
             f"{EVAL_SEED}..{EVAL_SEED + result['episodes'] - 1}, at every evaluation). *Deterministic* acts with the "
             "policy's mean action, *stochastic* samples from it (what fine-tuning itself runs). *dip* = lowest "
@@ -273,7 +274,7 @@ def finetune_explanation(result: dict) -> str:
             "(a ratio to it means nothing: compare the returns).")
     lost, best = result.get("lost_start"), result.get("best")
     if best:
-        text += (f"\n\n`{best['policy_dir']}/` holds the policy with the best deterministic evaluation: "
+        text += (f"\n\n`{run_prefix}{best['policy_dir']}/` holds the policy with the best deterministic evaluation: "
                  + ("the start (no evaluation beat it)" if best["step"] == 0 else
                     f"the one at step {best['step']} ({_fmt(best['deterministic'])} deterministic, "
                     f"{_fmt(best['stochastic'])} stochastic)")
