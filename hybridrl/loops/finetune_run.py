@@ -134,7 +134,9 @@ def run_finetune_in(run: RunDir, policy: Policy, *, algo: str, env_id: str, data
         console.print(f"evaluating the starting policy ({eval_episodes} episodes, deterministic and stochastic)")
         start, curve = _both(policy, env_id, eval_episodes), []
         best = {"step": 0, **_summary(start)}
+    if not (run.path / BEST_DIR).exists():  # a new run, or one resumed from before best_policy/ existed
         save_policy(policy, run.path / BEST_DIR, env_id=env_id)
+        best = {"step": 0, **_summary(start)}
     grid = eval_grid(steps, eval_points)
 
     def keep_if_best(env_step: int, pol: Policy, summary: dict) -> None:
