@@ -15,7 +15,9 @@ For one env:
 5. OPE with every estimator at default settings (FQE: the horizon-fitted budget with early stop; intervals:
    bootstrap), per dataset: relative error per candidate, rank correlation, regret@1, degeneracy, FQE convergence.
 
-Full budget (not in CI): ``python benchmarks/ope_control.py --env CartPole-v1`` and ``--env Hopper-v5``.
+Full budget (not in CI): ``python benchmarks/ope_control.py --env CartPole-v1`` and ``--env Hopper-v5``; the runs in
+docs/benchmarks.md add mixed noise levels (``--epsilon 0.1 0.4 0.7 1.0 --logged-epsilon 0 0.25 0.5 0.75 1.0``;
+Hopper ``--action-noise 0.1 0.3 0.5 --logged-epsilon 0 0.25 0.5``). ``--report FILE`` prints a results file's tables.
 Results: ``benchmarks/results/ope_control_<env>.json``.
 """
 

@@ -394,7 +394,6 @@ def evaluate_ope(dataset: Dataset, policies: dict[str, Policy],
     Raises: ConfigError for an unknown estimator/interval (the message lists the valid ones) or no policies;
         the errors of the estimators.
     """
-
     estimators = [estimators] if isinstance(estimators, str) else list(estimators)
     for name in estimators:
         if name not in ESTIMATORS:
@@ -467,7 +466,6 @@ class _PolicyJob:
 
     def __call__(self, dataset: Dataset, p_idx: int, pname: str, policy: Policy,
                  fqe: FQELearner | None = None) -> dict[str, OPEResult]:
-
         estimators, gamma, seed, model, ci = self.estimators, self.gamma, self.seed, self.model, self.ci
         clip, min_ess, value_range, n_boot, confidence = self.clip, self.min_ess, self.value_range, self.n_boot, \
             self.confidence
