@@ -223,12 +223,6 @@ at 8-25% 9-18% off)."""
 _DM_NOTE = "the interval covers only the spread of Vhat(s_0) over episodes, not the critic's fitting error"
 
 
-def _value_bounds(dataset: Dataset, gamma: float) -> tuple[float, float] | None:
-    """Values any policy can have with the dataset's rewards (:func:`hybridrl.algos.fqe.value_bounds`; None for
-    gamma = 1, where FQE's untruncated value has no such bound)."""
-    return value_bounds(dataset.rewards, gamma)
-
-
 def _say(progress: bool, msg: str) -> None:
     """One progress line on stderr (``ope: msg``); ``msg`` is printed as text, not as rich markup (a reason such
     as "E[w] = 1" must not lose its brackets)."""
@@ -321,7 +315,7 @@ def estimate_value(estimator: str, dataset: Dataset, policy: Policy, gamma: floa
     low, high, ci_notes = intervals.confidence_interval(ci, est.per_episode, est.resample, confidence, n_boot, seed,
                                                         value_range)
     reasons = core.degeneracy(est.estimate, est.diagnostics, e, min_ess, estimator in _SELF_NORMALISED,
-                              _value_bounds(dataset, gamma), check_mean_weight=estimator in ("pdis", "tis")
+                              value_bounds(dataset.rewards, gamma), check_mean_weight=estimator in ("pdis", "tis")
                               and clip is None)
     notes = [n for n in est.notes if "overflow" not in n or not reasons] + ci_notes + extra_notes
     share = est.diagnostics.get("ess_fraction")
@@ -411,30 +405,30 @@ def evaluate_ope(dataset: Dataset, policies: dict[str, Policy],
     if dataset.n_episodes < 1:
         raise DatasetError(f"dataset {dataset.path or ''} holds no episodes; OPE needs at least one")
 
-    def say(msg: str) -> None:
-        _say(progress, msg)
-
     model = None
     blp = dataset.behavior_log_prob
     if blp is None and any(e in IS_ESTIMATORS for e in estimators):
         from hybridrl.ope.behavior import fit_behavior_model
 
-        say(f"the dataset logs no behaviour probabilities: fitting a behaviour model ({behavior_steps} BC steps)")
+        _say(progress, "the dataset logs no behaviour probabilities: fitting a behaviour model "
+                       f"({behavior_steps} BC steps)")
         model = fit_behavior_model(dataset, steps=behavior_steps, seed=seed)
         blp = model.log_prob
-        say(model.describe())
+        _say(progress, model.describe())
     job = _PolicyJob(tuple(estimators), gamma, fqe_config, fqe_steps, seed, progress, model, n_boot, confidence, ci,
                      clip, min_ess, value_range, len(policies), weight_config, bandwidth, cvar_alpha)
     if workers is not None:
         from hybridrl.scale.ope import evaluate_parallel
 
-        say(f"{len(policies)} candidates as Ray tasks on {workers} workers (the dataset goes to the object store once)")
+        _say(progress, f"{len(policies)} candidates as Ray tasks on {workers} workers (the dataset goes to the "
+                       "object store once)")
         return evaluate_parallel(dataset, policies, job, workers, address)
     fqes = {}
     if fqe_batch and len(policies) > 1 and any(e in _NEEDS_FQE for e in estimators):
         from hybridrl.algos.fqe_batched import fit_fqe_batched
 
-        say(f"fitting FQE for the {len(policies)} candidates together (batched; --no-fqe-batch fits them in turn)")
+        _say(progress, f"fitting FQE for the {len(policies)} candidates together (batched; --no-fqe-batch fits "
+                       "them in turn)")
         fqes = fit_fqe_batched(dataset, policies, gamma, fqe_config, fqe_steps, seed, progress)
     return {pname: job(dataset, p_idx, pname, policy, fqes.get(pname))
             for p_idx, (pname, policy) in enumerate(policies.items())}
@@ -473,13 +467,11 @@ class _PolicyJob:
         weight_config, bandwidth, cvar_alpha = self.weight_config, self.bandwidth, self.cvar_alpha
         blp = dataset.behavior_log_prob if model is None else model.log_prob
 
-        def say(msg: str) -> None:
-            _say(progress, msg)
-
         if fqe is None and any(e in _NEEDS_FQE for e in estimators):
-            say(f"policy {pname} ({p_idx + 1}/{len(policies)}): fitting FQE")
+            _say(progress, f"policy {pname} ({p_idx + 1}/{len(policies)}): fitting FQE")
             fqe = fit_fqe(dataset, policy, gamma, self.fqe_config, self.fqe_steps, seed, progress, name=f"fqe {pname}")
-        say(f"policy {pname} ({p_idx + 1}/{len(policies)}): " + ", ".join(estimators) + f" with {ci} intervals")
+        _say(progress, f"policy {pname} ({p_idx + 1}/{len(policies)}): " + ", ".join(estimators)
+             + f" with {ci} intervals")
         behavior_diag = {}
         if model is not None:
             behavior_diag = model.diagnostics(_batched(policy.log_prob, dataset))
@@ -488,7 +480,7 @@ class _PolicyJob:
         for e_idx, name in enumerate(estimators):
             rng = np.random.default_rng([seed, p_idx, e_idx])
             if name in extended.MARGINAL:
-                say(f"policy {pname}: {name} (fits DualDICE/MWL/MQL once per policy)")
+                _say(progress, f"policy {pname}: {name} (fits DualDICE/MWL/MQL once per policy)")
             r = estimate_value(name, dataset, policy, gamma, fqe, None if name == "fqe" else blp, n_boot, confidence,
                                rng, ci, clip if name != "fqe" else None, min_ess, value_range, weight_config,
                                bandwidth, cvar_alpha, cache, progress)
@@ -502,5 +494,5 @@ class _PolicyJob:
                                    f"is {mw:.3g} (about 1 expected): the estimated behaviour policy is off")
             res[name] = r
             if r.degenerate:
-                say(f"policy {pname}: {name} is degenerate: " + "; ".join(r.degenerate_reasons))
+                _say(progress, f"policy {pname}: {name} is degenerate: " + "; ".join(r.degenerate_reasons))
         return res
