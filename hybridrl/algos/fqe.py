@@ -273,9 +273,7 @@ def fit(dataset, policy: Policy, config: FQEConfig, max_steps: int | None = None
             continue
         v0, bellman = check_values(learner, s0, held)
         if history:
-            k = step - history[-1][0]
-            remaining = abs(v0 - history[-1][1]) * rho**k / max(1.0 - rho**k, 1e-12)
-            passes = passes + 1 if remaining < tol * max(abs(v0), 1.0) else 0
+            remaining, passes = stop_check(history[-1], step, v0, rho, tol, passes)
         history.append((step, v0, bellman, float(q_loss)))
         if on_check is not None:
             on_check(step, max_steps, history[-1])
@@ -284,6 +282,15 @@ def fit(dataset, policy: Policy, config: FQEConfig, max_steps: int | None = None
             break
     return learner, fit_report(converged, step if max_steps else 0, max_steps, remaining, history, n_held,
                                check_every, config, tol)
+
+
+def stop_check(last: tuple, step: int, v0: float, rho: float, tol: float, passes: int) -> tuple[float, int]:
+    """:func:`fit`'s stop rule at one check: ``(remaining, passes)`` from the previous check ``last = (step, v0,
+    ...)``: the extrapolated remaining change ``|dV| rho^k / (1 - rho^k)`` over the ``k`` steps since, and the count of
+    consecutive checks with it below ``tol * max(|v0|, 1)`` (reset to 0 otherwise)."""
+    k = step - last[0]
+    remaining = abs(v0 - last[1]) * rho**k / max(1.0 - rho**k, 1e-12)
+    return remaining, passes + 1 if remaining < tol * max(abs(v0), 1.0) else 0
 
 
 def fit_schedule(config: FQEConfig, max_steps: int | None, tol: float, check_every: int | None,

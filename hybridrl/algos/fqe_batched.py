@@ -52,6 +52,7 @@ from hybridrl.algos.fqe import (
     fit_report,
     fit_schedule,
     split_episodes,
+    stop_check,
     training_bounds,
 )
 from hybridrl.errors import ConfigError, DivergenceError, ShapeError
@@ -140,6 +141,7 @@ class _Batch:
 
     def __init__(self, learners: list[FQELearner], q: BatchedQ, config: FQEConfig):
         self.learners, self.q, self.config = learners, q, config
+        self.bounds = learners[0].target_bounds  # the same training rows, so the same clip, for every candidate
         self.discrete = learners[0].discrete
         self.optimizer = torch.optim.Adam(q.params, lr=config.lr)
         self.pi = _stacked_categorical([ln.policy for ln in learners]) if self.discrete else None
@@ -195,8 +197,8 @@ class _Batch:
         next_n = torch.stack([_norm(p, batch.next_obs) for p in policies])
         with torch.no_grad():
             target = batch.reward + cfg.gamma * (~batch.terminated).float() * self.next_value(batch.next_obs, next_n)
-            if self.learners[0].target_bounds is not None:  # the same rows, so the same bounds, for every candidate
-                target = target.clamp(*self.learners[0].target_bounds)
+            if self.bounds is not None:
+                target = target.clamp(*self.bounds)
         losses = (self.q_values(self.q.params, obs_n, batch.action) - target).square().mean(-1)
         self.optimizer.zero_grad(set_to_none=True)
         losses.sum().backward()
@@ -264,9 +266,7 @@ def fit_batched(dataset, policies: Sequence[Policy], config: FQEConfig, max_step
             v0, bellman = check_values(learners[k], s0, held)
             h = history[k]
             if h:
-                gap = step - h[-1][0]
-                remaining[k] = abs(v0 - h[-1][1]) * rho**gap / max(1.0 - rho**gap, 1e-12)
-                passes[k] = passes[k] + 1 if remaining[k] < tol * max(abs(v0), 1.0) else 0
+                remaining[k], passes[k] = stop_check(h[-1], step, v0, rho, tol, passes[k])
             h.append((step, v0, bellman, float(losses[row])))
             if on_check is not None:
                 on_check(k, step, max_steps, h[-1])
