@@ -196,6 +196,8 @@ def test_cache_reuses_episode_arrays_only_for_the_same_inputs():
 
     critic = SimpleNamespace(policy=pi, config=SimpleNamespace(gamma=0.5), q=q,
                              value=lambda o: (q_table[o.argmax(-1)] * pi.probs(o)).sum(-1))
+    log_prob, log_prob_calls = pi.log_prob, []
+    pi.log_prob = lambda o, a: log_prob_calls.append(len(o)) or log_prob(o, a)
     cache: dict = {}
     for name in ("pdis", "snpdis", "tis", "dr", "sndr"):
         fresh = estimate_value(name, data, pi, 0.5, critic, n_boot=0)
@@ -204,10 +206,12 @@ def test_cache_reuses_episode_arrays_only_for_the_same_inputs():
         np.testing.assert_array_equal(estimate_value(name, data, pi, 0.5, critic, n_boot=0, cache=cache).per_episode,
                                       fresh.per_episode)
     assert len(calls) == 3  # dr and sndr without the cache, and once for both with it
+    assert len(log_prob_calls) == 5 + 1  # once per estimator without the cache, once in all with it
     logged, mask = cache["is_arrays"][1][0].copy(), cache["is_arrays"][1][1]
     other = data.behavior_log_prob - np.log(2.0)  # a new object: the entry is recomputed, not reused
     changed = estimate_value("pdis", data, pi, 0.5, behavior_log_prob=other, n_boot=0, cache=cache)
     np.testing.assert_allclose(cache["is_arrays"][1][0], logged + np.log(2.0) * mask)
+    assert len(log_prob_calls) == 6  # new behaviour log-probs, same policy: log pi is reused
     assert changed.estimate != pytest.approx(estimate_value("pdis", data, pi, 0.5, n_boot=0).estimate)
 
 

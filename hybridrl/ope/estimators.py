@@ -181,13 +181,15 @@ def _batched(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], dataset: 
     return np.concatenate(out) if out else np.zeros(0)
 
 
-def importance_weights(dataset: Dataset, policy: Policy, behavior_log_prob: np.ndarray | None = None) -> np.ndarray:
+def importance_weights(dataset: Dataset, policy: Policy, behavior_log_prob: np.ndarray | None = None,
+                       cache: dict | None = None) -> np.ndarray:
     """Per-step log importance ratios ``log pi(a_t|s_t) - log pi_0(a_t|s_t)``, natural log, float64 ``[N]``.
 
     Args:
         dataset: logged steps (``observations [N, D]``, ``actions [N, ...]``).
         policy: target policy pi; evaluated under ``torch.no_grad`` in chunks.
         behavior_log_prob: ``[N]`` log pi_0(a_t|s_t); default ``dataset.behavior_log_prob``.
+        cache: optional per-policy dict keeping log pi(a_t|s_t) (:func:`policy_log_prob`).
     Returns:
         ``[N]`` float64 (``-inf`` where pi gives the logged action probability 0).
     Raises:
@@ -204,7 +206,13 @@ def importance_weights(dataset: Dataset, policy: Policy, behavior_log_prob: np.n
     if not np.isfinite(blp).all():
         raise DatasetError(f"behavior_log_prob holds {int((~np.isfinite(blp)).sum())} non-finite values; the "
                            "behaviour policy must give the logged actions positive probability")
-    return _batched(policy.log_prob, dataset) - blp
+    return policy_log_prob(dataset, policy, cache) - blp
+
+
+def policy_log_prob(dataset: Dataset, policy: Policy, cache: dict | None = None) -> np.ndarray:
+    """``[N]`` log pi(a_t|s_t) of the logged actions (no grad, in chunks), kept in ``cache`` for the same dataset and
+    policy objects: one pass serves the IS estimators and the behaviour model's diagnostics."""
+    return _reuse(cache, "policy_log_prob", (dataset, policy), lambda: _batched(policy.log_prob, dataset))
 
 
 def _check_fqe(fqe: FQELearner, policy: Policy, gamma: float) -> None:
@@ -217,23 +225,20 @@ def _check_fqe(fqe: FQELearner, policy: Policy, gamma: float) -> None:
 
 
 LOW_ESS_SHARE = 0.05
-"""An IS-based estimate whose ESS is below this share of the episodes gets a warning note (a heuristic, not a
-verdict: measured on CartPole's full-budget benchmark, PDIS/SNTIS estimates at 1.6-3.9% were 9-81% off, those
-at 8-25% 9-18% off)."""
+"""An IS estimate with ESS below this share of the episodes gets a warning note (a heuristic; on CartPole PDIS/SNTIS
+at 1.6-3.9% were 9-81% off, at 8-25% 9-18%)."""
 _DM_NOTE = "the interval covers only the spread of Vhat(s_0) over episodes, not the critic's fitting error"
 
 
 def _say(progress: bool, msg: str) -> None:
-    """One progress line on stderr (``ope: msg``); ``msg`` is printed as text, not as rich markup (a reason such
-    as "E[w] = 1" must not lose its brackets)."""
+    """``ope: msg`` on stderr; ``msg`` as text, not rich markup (so "E[w] = 1" keeps its brackets)."""
     if progress:
         console.print(f"[dim]ope:[/] {escape(msg)}")
 
 
 def _reuse(cache: dict | None, key: str, sources: tuple, make: Callable[[], Any]) -> Any:
-    """``make()``, kept in ``cache[key]`` for the next estimator while it is asked with the same ``sources`` objects
-    (dataset, policy, behaviour log-probabilities or critic; compared by identity and held, so a new object never
-    hits a stale entry)."""
+    """``make()``, kept in ``cache[key]`` while asked with the same ``sources`` objects (compared by identity and
+    held, so a new object never hits a stale entry)."""
     if cache is None:
         return make()
     hit = cache.get(key)
@@ -269,12 +274,10 @@ def estimate_value(estimator: str, dataset: Dataset, policy: Policy, gamma: floa
             terms for "hoeffding"/"bernstein" (default: their observed range).
         clip: per-step importance-ratio cap c > 0 or None (biased when it binds; :mod:`hybridrl.ope.core`).
         min_ess: ESS threshold of degeneracy (:func:`hybridrl.ope.core.degeneracy`).
-        weight_config, bandwidth, cvar_alpha, cache, progress: for the marginal, kernel and distributional
-            estimators (:mod:`hybridrl.ope.extended`): DualDICE/MWL/MQL settings
+        weight_config, bandwidth, cvar_alpha, cache, progress: DualDICE/MWL/MQL settings
             (:class:`~hybridrl.ope.weights.WeightConfig`), kernel bandwidth (fraction of the action half-width),
-            CVaR level, a per-policy dict reusing weight fits (and, for the IS family and DR, the episode arrays of
-            log-ratios, rewards and critic values while dataset, policy, behaviour log-probs and critic are the
-            same objects), a progress bar for those fits.
+            CVaR level (:mod:`hybridrl.ope.extended`); a per-policy dict reusing weight fits, log-probabilities and
+            the IS/DR episode arrays between estimators; a progress bar for the weight fits.
     Raises:
         ConfigError: unknown estimator or interval, bad gamma/clip, missing critic, or one fitted for another policy
             object/gamma.
@@ -302,7 +305,7 @@ def estimate_value(estimator: str, dataset: Dataset, policy: Policy, gamma: floa
         distribution = None if cdf is None else cdf.to_dict()
     else:
         log_ratio, mask, rewards = _reuse(cache, "is_arrays", (dataset, policy, behavior_log_prob), lambda: (
-            *episode_arrays(dataset, importance_weights(dataset, policy, behavior_log_prob)),
+            *episode_arrays(dataset, importance_weights(dataset, policy, behavior_log_prob, cache)),
             episode_arrays(dataset, dataset.rewards)[0]))
         if estimator in ("dr", "sndr"):
             q_hat, v_hat = _reuse(cache, "dr_arrays", (dataset, fqe), lambda: (
@@ -436,9 +439,8 @@ def evaluate_ope(dataset: Dataset, policies: dict[str, Policy],
 
 @dataclass
 class _PolicyJob:
-    """Every estimator for one candidate policy: FQE fitted once (if asked), then each estimator with its own
-    ``rng = default_rng([seed, p_idx, e_idx])``, so a candidate's results do not depend on which process runs it.
-    The behaviour log-probabilities are the dataset's, or the fitted ``model``'s."""
+    """Every estimator for one candidate (FQE fitted once if asked; behaviour log-probs from the dataset or ``model``),
+    each with ``rng = default_rng([seed, p_idx, e_idx])``: results do not depend on which process runs it."""
 
     estimators: tuple[str, ...]
     gamma: float
@@ -472,11 +474,11 @@ class _PolicyJob:
             fqe = fit_fqe(dataset, policy, gamma, self.fqe_config, self.fqe_steps, seed, progress, name=f"fqe {pname}")
         _say(progress, f"policy {pname} ({p_idx + 1}/{len(policies)}): " + ", ".join(estimators)
              + f" with {ci} intervals")
+        cache: dict = {}  # log-probs, IS/DR episode arrays, weight / MQL fits shared between this policy's estimators
         behavior_diag = {}
         if model is not None:
-            behavior_diag = model.diagnostics(_batched(policy.log_prob, dataset))
+            behavior_diag = model.diagnostics(policy_log_prob(dataset, policy, cache))
         res: dict[str, OPEResult] = {}
-        cache: dict = {}  # weight / MQL fits and IS/DR episode arrays shared between this policy's estimators
         for e_idx, name in enumerate(estimators):
             rng = np.random.default_rng([seed, p_idx, e_idx])
             if name in extended.MARGINAL:

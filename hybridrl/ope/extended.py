@@ -51,7 +51,7 @@ def _fit(cache: dict, method: str, dataset, policy, gamma, config, seed, progres
         if method == "mwl_state":
             from hybridrl.ope.estimators import importance_weights
 
-            log_ratio = importance_weights(dataset, policy, blp)
+            log_ratio = importance_weights(dataset, policy, blp, cache)
         cache[method] = fit_weights(dataset, policy, gamma, method, config, seed, progress, log_ratio)
     return cache[method]
 
@@ -129,14 +129,14 @@ def _kernel(name, dataset, policy, gamma, fqe, blp, bandwidth, clip, arrays):
     return est, {"bandwidth": float(bandwidth)}, [note]
 
 
-def _cd(name, dataset, policy, gamma, fqe, blp, alpha, arrays):
+def _cd(name, dataset, policy, gamma, fqe, blp, alpha, arrays, cache):
     from hybridrl.ope.estimators import episode_arrays, importance_weights
 
     rewards, mask = arrays
     ret = distributional.episode_returns(rewards, mask, gamma)
     lw, g_hat, v0 = None, None, None
     if name != "cd_dm":
-        lr = episode_arrays(dataset, importance_weights(dataset, policy, blp))[0]
+        lr = episode_arrays(dataset, importance_weights(dataset, policy, blp, cache))[0]
         lw = core.log_weights(lr, mask)[:, -1]
     if name in ("cd_dm", "cd_dr", "cd_sndr"):
         v0 = _rows(fqe.value, dataset, np.asarray(dataset.observations)[dataset.episode_starts[:-1]])
@@ -172,5 +172,5 @@ def estimate(name: str, dataset: Dataset, policy: Policy, gamma: float, fqe, blp
     if name in KERNEL:
         return (*_kernel(name, dataset, policy, gamma, fqe, blp, bandwidth, clip, arrays), None)
     if name in distributional.CD_ESTIMATORS:
-        return _cd(name, dataset, policy, gamma, fqe, blp, cvar_alpha, arrays)
+        return _cd(name, dataset, policy, gamma, fqe, blp, cvar_alpha, arrays, cache)
     raise ConfigError(f"unknown extended estimator {name!r}; expected one of {list(EXTENDED)}")
